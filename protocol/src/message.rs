@@ -1,0 +1,751 @@
+//! Every message kind in both directions, and its MessagePack codec.
+//!
+//! A body is a MessagePack map with string keys. The `type` key names the
+//! kind; the other keys are listed on each variant. Unknown keys are ignored,
+//! so fields can be added without a version bump. Encoding writes `type`
+//! first and then the fields in the order documented in `docs/protocol.md`.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use rmp::encode::{self, ByteBuf, ValueWriteError};
+
+use crate::codes::ErrorCode;
+use crate::error::{DecodeError, MessageError};
+use crate::frame::{Compression, FrameBuf};
+use crate::limits::Limits;
+use crate::msgpack::{Fields, validate_single_value};
+
+/// The protocol version this crate speaks; sent in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The WebSocket subprotocol name for this version. Clients should offer it;
+/// the broker selects it when offered.
+pub const SUBPROTOCOL: &str = "sockeye.v1";
+
+/// A client-chosen request id, echoed in the one reply to that request.
+pub type RequestId = u64;
+
+/// An application payload: exactly one complete MessagePack value, kept as
+/// its encoded bytes and carried through the broker untouched.
+///
+/// ```
+/// use sockeye_protocol::Payload;
+/// let raw = Payload::binary(b"hello");
+/// assert_eq!(raw.as_binary(), Some(&b"hello"[..]));
+/// let value = Payload::from_msgpack(vec![0x93, 0x01, 0x02, 0x03]).unwrap(); // [1, 2, 3]
+/// assert_eq!(value.as_msgpack(), &[0x93, 0x01, 0x02, 0x03]);
+/// assert!(Payload::from_msgpack(vec![0x93, 0x01]).is_err()); // truncated array
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload(Bytes);
+
+impl Payload {
+    /// Wraps already-encoded MessagePack, checking that it is exactly one
+    /// complete value.
+    pub fn from_msgpack(bytes: impl Into<Bytes>) -> Result<Self, DecodeError> {
+        let bytes = bytes.into();
+        validate_single_value(&bytes)?;
+        Ok(Self(bytes))
+    }
+
+    /// Wraps raw bytes as a MessagePack `bin` value.
+    pub fn binary(data: &[u8]) -> Self {
+        let mut out = Vec::with_capacity(data.len() + 5);
+        write_msgpack(&mut out, |buf| encode::write_bin(buf, data));
+        Self(Bytes::from(out))
+    }
+
+    /// The encoded MessagePack value.
+    pub fn as_msgpack(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The encoded MessagePack value, as shared bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// If the payload is a MessagePack `bin` value, its contents.
+    pub fn as_binary(&self) -> Option<&[u8]> {
+        let mut rd = &self.0[..];
+        let len = rmp::decode::read_bin_len(&mut rd).ok()? as usize;
+        (rd.len() == len).then_some(rd)
+    }
+
+    /// Size of the encoded value in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for a zero-length payload, which no valid payload is.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payload({} bytes)", self.0.len())
+    }
+}
+
+/// Where a subscription to a stored topic starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// Continue after `offset` of `epoch`: the first message delivered is
+    /// `offset + 1`. `offset: 0` means from the start of that epoch.
+    After {
+        /// The epoch the client saw.
+        epoch: u64,
+        /// The last offset the client processed.
+        offset: u64,
+    },
+    /// From the oldest message still retained.
+    Oldest,
+    /// The last `count` retained messages, then live ones.
+    Last {
+        /// How many messages to replay.
+        count: u64,
+    },
+}
+
+/// A message from a client to the broker. Every request carries an `id`
+/// and gets exactly one reply with that id (`publish` with `ack: false`
+/// gets a reply only if it fails).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientMessage {
+    /// `subscribe`: start receiving messages on `topic` (a filter).
+    Subscribe {
+        /// Request id.
+        id: RequestId,
+        /// The filter; may use `*` and `>`.
+        topic: String,
+        /// Where to start; absent means live messages only.
+        position: Option<Position>,
+    },
+    /// `unsubscribe`: stop a subscription made with the same filter.
+    Unsubscribe {
+        /// Request id.
+        id: RequestId,
+        /// The filter as given to `subscribe`.
+        topic: String,
+    },
+    /// `publish`: send `payload` to everyone subscribed to `topic`.
+    Publish {
+        /// Request id.
+        id: RequestId,
+        /// The topic (no wildcards).
+        topic: String,
+        /// Any MessagePack value.
+        payload: Payload,
+        /// Whether to reply `published` once stored (default true).
+        ack: bool,
+    },
+    /// `ping`: an application-level liveness check; answered with `pong`.
+    Ping {
+        /// Request id.
+        id: RequestId,
+    },
+    /// `refresh`: replace the connection's token before it expires.
+    Refresh {
+        /// Request id.
+        id: RequestId,
+        /// The new JWT, for the same `sub`.
+        token: String,
+    },
+}
+
+/// The first frame on every connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The broker's id for this connection (also shown in the admin API).
+    pub connection_id: String,
+    /// [`PROTOCOL_VERSION`] of the broker.
+    pub version: u32,
+    /// The `sub` claim of the token the connection authenticated with.
+    pub subject: String,
+    /// How often the broker sends WebSocket pings, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which the broker closes the connection (4004).
+    pub heartbeat_timeout_ms: u64,
+    /// When the token expires, unix milliseconds; absent if it never does.
+    pub token_expires_at: Option<u64>,
+    /// The limits in force on this connection.
+    pub limits: Limits,
+}
+
+/// The reply to a successful `subscribe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    /// Request id.
+    pub id: RequestId,
+    /// The filter, as subscribed.
+    pub topic: String,
+    /// True if the topic's history is stored, so offsets can be resumed from.
+    /// False for wildcard filters and ephemeral topics.
+    pub stored: bool,
+    /// The topic's current epoch (0 when not stored).
+    pub epoch: u64,
+    /// The offset of the newest message at the moment of subscribing
+    /// (0 when none, or not stored).
+    pub last_offset: u64,
+    /// The first offset this subscription will deliver: replayed messages
+    /// start here and continue without a gap into live ones.
+    pub next_offset: u64,
+    /// True if the requested position was honoured in full.
+    pub complete: bool,
+    /// Offsets that were asked for but are no longer retained.
+    pub gap: Option<OffsetRange>,
+    /// True if the requested epoch is not the topic's current one: the
+    /// offsets the client had are void and delivery restarts in `epoch`.
+    pub epoch_changed: bool,
+}
+
+/// An inclusive range of offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetRange {
+    /// First offset in the range.
+    pub from: u64,
+    /// Last offset in the range (inclusive).
+    pub to: u64,
+}
+
+/// A message delivered to a subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The topic it was published to.
+    pub topic: String,
+    /// The topic's epoch (0 for ephemeral topics).
+    pub epoch: u64,
+    /// Its offset in the epoch (0 for ephemeral topics).
+    pub offset: u64,
+    /// When the broker accepted it, unix milliseconds.
+    pub timestamp_ms: u64,
+    /// The `sub` claim of the publisher.
+    pub publisher: String,
+    /// The payload, as published.
+    pub payload: Payload,
+}
+
+/// A message from the broker to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerMessage {
+    /// `welcome`: always the first frame.
+    Welcome(Welcome),
+    /// `subscribed`: reply to `subscribe`.
+    Subscribed(Subscribed),
+    /// `unsubscribed`: reply to `unsubscribe`.
+    Unsubscribed {
+        /// Request id.
+        id: RequestId,
+        /// The filter that was removed.
+        topic: String,
+    },
+    /// `published`: reply to `publish` with `ack: true`, sent once the
+    /// message is stored as the durability mode requires.
+    Published {
+        /// Request id.
+        id: RequestId,
+        /// Epoch the message was stored in (0 if the topic is ephemeral).
+        epoch: u64,
+        /// Offset the message was stored at (0 if the topic is ephemeral).
+        offset: u64,
+    },
+    /// `pong`: reply to `ping`.
+    Pong {
+        /// Request id.
+        id: RequestId,
+    },
+    /// `refreshed`: reply to a successful `refresh`.
+    Refreshed {
+        /// Request id.
+        id: RequestId,
+        /// The new expiry, unix milliseconds; absent if the token has none.
+        expires_at: Option<u64>,
+    },
+    /// `error`: the request failed; the connection stays open.
+    Error {
+        /// The request id, when the request got far enough to have one.
+        id: Option<RequestId>,
+        /// Stable machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// `message`: a delivery on one of the connection's subscriptions.
+    Message(Delivery),
+    /// `token_expiring`: the token expires soon; send `refresh`.
+    TokenExpiring {
+        /// When it expires, unix milliseconds.
+        expires_at: u64,
+    },
+    /// `gap`: offsets `from..=to` of `topic` in `epoch` will not be delivered
+    /// on this subscription (they were trimmed before it could catch up).
+    Gap {
+        /// The exact topic.
+        topic: String,
+        /// The epoch the range belongs to.
+        epoch: u64,
+        /// The missing offsets.
+        range: OffsetRange,
+    },
+    /// `reset`: the topic's stored stream was reset (history deleted); the
+    /// subscription continues in the new `epoch`, from its first offset.
+    Reset {
+        /// The exact topic.
+        topic: String,
+        /// The new epoch.
+        epoch: u64,
+    },
+}
+
+/// Runs an `rmp::encode` function against `out`. rmp writes into a `Vec`
+/// through `std::io::Write`, whose error type is not `Infallible` even though
+/// a `Vec` never fails; its `ByteBuf` wrapper has the honest type, so the
+/// vector is moved into one for the call (a pointer move, no copy).
+pub(crate) fn write_msgpack<T>(
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut ByteBuf) -> Result<T, ValueWriteError<Infallible>>,
+) -> T {
+    let mut buf = ByteBuf::from_vec(std::mem::take(out));
+    let result = write(&mut buf);
+    *out = buf.into_vec();
+    match result {
+        Ok(value) => value,
+        Err(
+            ValueWriteError::InvalidMarkerWrite(never) | ValueWriteError::InvalidDataWrite(never),
+        ) => match never {},
+    }
+}
+
+/// Writes a map whose entry count is patched in at the end. All our maps
+/// have fewer than 16 entries, so the header is always a one-byte fixmap.
+pub(crate) struct MapWriter<'a> {
+    out: &'a mut Vec<u8>,
+    header_at: usize,
+    len: u8,
+}
+
+impl<'a> MapWriter<'a> {
+    pub(crate) fn begin(out: &'a mut Vec<u8>) -> Self {
+        let header_at = out.len();
+        out.push(0x80);
+        Self {
+            out,
+            header_at,
+            len: 0,
+        }
+    }
+
+    fn key(&mut self, key: &str) {
+        self.len += 1;
+        write_msgpack(self.out, |buf| encode::write_str(buf, key));
+    }
+
+    pub(crate) fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        write_msgpack(self.out, |buf| encode::write_str(buf, value));
+        self
+    }
+
+    pub(crate) fn uint(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        write_msgpack(self.out, |buf| encode::write_uint(buf, value));
+        self
+    }
+
+    pub(crate) fn opt_uint(&mut self, key: &str, value: Option<u64>) -> &mut Self {
+        if let Some(value) = value {
+            self.uint(key, value);
+        }
+        self
+    }
+
+    pub(crate) fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        let marker = if value { 0xc3 } else { 0xc2 };
+        self.out.push(marker);
+        self
+    }
+
+    fn nil(&mut self, key: &str) -> &mut Self {
+        self.key(key);
+        self.out.push(0xc0);
+        self
+    }
+
+    /// Writes an already-encoded MessagePack value.
+    fn raw(&mut self, key: &str, value: &[u8]) -> &mut Self {
+        self.key(key);
+        self.out.extend_from_slice(value);
+        self
+    }
+
+    fn map(&mut self, key: &str, write: impl FnOnce(&mut MapWriter<'_>)) -> &mut Self {
+        self.key(key);
+        let mut nested = MapWriter::begin(self.out);
+        write(&mut nested);
+        nested.finish();
+        self
+    }
+
+    pub(crate) fn finish(&mut self) {
+        debug_assert!(self.len < 16, "fixmap holds at most 15 entries");
+        self.out[self.header_at] = 0x80 | self.len;
+    }
+}
+
+fn write_range(map: &mut MapWriter<'_>, range: &OffsetRange) {
+    map.uint("from", range.from).uint("to", range.to);
+}
+
+fn read_range(fields: &Fields<'_>, kind: &'static str) -> Result<OffsetRange, DecodeError> {
+    Ok(OffsetRange {
+        from: fields.uint(kind, "from")?,
+        to: fields.uint(kind, "to")?,
+    })
+}
+
+impl ClientMessage {
+    /// The request id.
+    pub fn id(&self) -> RequestId {
+        match self {
+            ClientMessage::Subscribe { id, .. }
+            | ClientMessage::Unsubscribe { id, .. }
+            | ClientMessage::Publish { id, .. }
+            | ClientMessage::Ping { id }
+            | ClientMessage::Refresh { id, .. } => *id,
+        }
+    }
+
+    /// Appends the MessagePack body to `out`.
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        let mut map = MapWriter::begin(out);
+        match self {
+            ClientMessage::Subscribe {
+                id,
+                topic,
+                position,
+            } => {
+                map.str("type", "subscribe")
+                    .uint("id", *id)
+                    .str("topic", topic);
+                if let Some(position) = position {
+                    map.map("position", |p| match *position {
+                        Position::After { epoch, offset } => {
+                            p.str("kind", "after")
+                                .uint("epoch", epoch)
+                                .uint("offset", offset);
+                        }
+                        Position::Oldest => {
+                            p.str("kind", "oldest");
+                        }
+                        Position::Last { count } => {
+                            p.str("kind", "last").uint("count", count);
+                        }
+                    });
+                }
+            }
+            ClientMessage::Unsubscribe { id, topic } => {
+                map.str("type", "unsubscribe")
+                    .uint("id", *id)
+                    .str("topic", topic);
+            }
+            ClientMessage::Publish {
+                id,
+                topic,
+                payload,
+                ack,
+            } => {
+                map.str("type", "publish")
+                    .uint("id", *id)
+                    .str("topic", topic)
+                    .raw("payload", payload.as_msgpack())
+                    .bool("ack", *ack);
+            }
+            ClientMessage::Ping { id } => {
+                map.str("type", "ping").uint("id", *id);
+            }
+            ClientMessage::Refresh { id, token } => {
+                map.str("type", "refresh")
+                    .uint("id", *id)
+                    .str("token", token);
+            }
+        }
+        map.finish();
+    }
+
+    /// Encodes a complete frame (header and body).
+    pub fn encode_frame(&self, compression: &Compression) -> Bytes {
+        let mut frame = FrameBuf::new();
+        self.encode_body(frame.body_mut());
+        frame.seal(compression)
+    }
+
+    /// Decodes a body (as returned by [`crate::frame::open`]). The payload of
+    /// a `publish` is a zero-copy slice of `body`.
+    pub fn decode(body: &Bytes) -> Result<Self, MessageError> {
+        let fields = Fields::parse(body).map_err(|error| MessageError { id: None, error })?;
+        // Read the id first so that every later error can carry it.
+        let id = fields.opt_uint("id").ok().flatten();
+        let with_id = |error| MessageError { id, error };
+        let kind = fields.str("message", "type").map_err(with_id)?;
+        Self::decode_fields(kind, &fields, body).map_err(with_id)
+    }
+
+    fn decode_fields(kind: &str, fields: &Fields<'_>, body: &Bytes) -> Result<Self, DecodeError> {
+        Ok(match kind {
+            "subscribe" => ClientMessage::Subscribe {
+                id: fields.uint("subscribe", "id")?,
+                topic: fields.str("subscribe", "topic")?.to_owned(),
+                position: match fields.opt_map("position")? {
+                    None => None,
+                    Some(position) => Some(decode_position(&position)?),
+                },
+            },
+            "unsubscribe" => ClientMessage::Unsubscribe {
+                id: fields.uint("unsubscribe", "id")?,
+                topic: fields.str("unsubscribe", "topic")?.to_owned(),
+            },
+            "publish" => {
+                let range = fields.range("payload").ok_or(DecodeError::MissingField {
+                    kind: "publish",
+                    field: "payload",
+                })?;
+                ClientMessage::Publish {
+                    id: fields.uint("publish", "id")?,
+                    topic: fields.str("publish", "topic")?.to_owned(),
+                    payload: Payload(body.slice(range)),
+                    ack: fields.opt_bool("ack")?.unwrap_or(true),
+                }
+            }
+            "ping" => ClientMessage::Ping {
+                id: fields.uint("ping", "id")?,
+            },
+            "refresh" => ClientMessage::Refresh {
+                id: fields.uint("refresh", "id")?,
+                token: fields.str("refresh", "token")?.to_owned(),
+            },
+            other => {
+                return Err(DecodeError::UnknownType {
+                    kind: other.to_owned(),
+                });
+            }
+        })
+    }
+}
+
+fn decode_position(position: &Fields<'_>) -> Result<Position, DecodeError> {
+    match position.str("position", "kind")? {
+        "after" => Ok(Position::After {
+            epoch: position.uint("position", "epoch")?,
+            offset: position.uint("position", "offset")?,
+        }),
+        "oldest" => Ok(Position::Oldest),
+        "last" => Ok(Position::Last {
+            count: position.uint("position", "count")?,
+        }),
+        _ => Err(DecodeError::WrongType {
+            field: "kind",
+            expected: "one of \"after\", \"oldest\", \"last\"",
+        }),
+    }
+}
+
+impl ServerMessage {
+    /// The wire name of this kind (the `type` field).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Welcome(_) => "welcome",
+            ServerMessage::Subscribed(_) => "subscribed",
+            ServerMessage::Unsubscribed { .. } => "unsubscribed",
+            ServerMessage::Published { .. } => "published",
+            ServerMessage::Pong { .. } => "pong",
+            ServerMessage::Refreshed { .. } => "refreshed",
+            ServerMessage::Error { .. } => "error",
+            ServerMessage::Message(_) => "message",
+            ServerMessage::TokenExpiring { .. } => "token_expiring",
+            ServerMessage::Gap { .. } => "gap",
+            ServerMessage::Reset { .. } => "reset",
+        }
+    }
+
+    /// Appends the MessagePack body to `out`.
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        let mut map = MapWriter::begin(out);
+        map.str("type", self.kind());
+        match self {
+            ServerMessage::Welcome(welcome) => {
+                map.str("connection_id", &welcome.connection_id)
+                    .uint("version", u64::from(welcome.version))
+                    .str("subject", &welcome.subject)
+                    .uint("heartbeat_interval_ms", welcome.heartbeat_interval_ms)
+                    .uint("heartbeat_timeout_ms", welcome.heartbeat_timeout_ms)
+                    .opt_uint("token_expires_at", welcome.token_expires_at)
+                    .map("limits", |limits| welcome.limits.encode(limits));
+            }
+            ServerMessage::Subscribed(reply) => {
+                map.uint("id", reply.id)
+                    .str("topic", &reply.topic)
+                    .bool("stored", reply.stored)
+                    .uint("epoch", reply.epoch)
+                    .uint("last_offset", reply.last_offset)
+                    .uint("next_offset", reply.next_offset)
+                    .bool("complete", reply.complete);
+                if let Some(gap) = &reply.gap {
+                    map.map("gap", |m| write_range(m, gap));
+                }
+                map.bool("epoch_changed", reply.epoch_changed);
+            }
+            ServerMessage::Unsubscribed { id, topic } => {
+                map.uint("id", *id).str("topic", topic);
+            }
+            ServerMessage::Published { id, epoch, offset } => {
+                map.uint("id", *id)
+                    .uint("epoch", *epoch)
+                    .uint("offset", *offset);
+            }
+            ServerMessage::Pong { id } => {
+                map.uint("id", *id);
+            }
+            ServerMessage::Refreshed { id, expires_at } => {
+                map.uint("id", *id).opt_uint("expires_at", *expires_at);
+            }
+            ServerMessage::Error { id, code, message } => {
+                match id {
+                    Some(id) => map.uint("id", *id),
+                    None => map.nil("id"),
+                };
+                map.str("code", code.as_str()).str("message", message);
+            }
+            ServerMessage::Message(delivery) => {
+                map.str("topic", &delivery.topic)
+                    .uint("epoch", delivery.epoch)
+                    .uint("offset", delivery.offset)
+                    .uint("ts", delivery.timestamp_ms)
+                    .str("publisher", &delivery.publisher)
+                    .raw("payload", delivery.payload.as_msgpack());
+            }
+            ServerMessage::TokenExpiring { expires_at } => {
+                map.uint("expires_at", *expires_at);
+            }
+            ServerMessage::Gap {
+                topic,
+                epoch,
+                range,
+            } => {
+                map.str("topic", topic).uint("epoch", *epoch);
+                write_range(&mut map, range);
+            }
+            ServerMessage::Reset { topic, epoch } => {
+                map.str("topic", topic).uint("epoch", *epoch);
+            }
+        }
+        map.finish();
+    }
+
+    /// Encodes a complete frame (header and body), compressed when the body
+    /// is over the threshold.
+    pub fn encode_frame(&self, compression: &Compression) -> Bytes {
+        let mut frame = FrameBuf::new();
+        self.encode_body(frame.body_mut());
+        frame.seal(compression)
+    }
+
+    /// Decodes a body (as returned by [`crate::frame::open`]).
+    pub fn decode(body: &Bytes) -> Result<Self, DecodeError> {
+        let fields = Fields::parse(body)?;
+        let kind = fields.str("message", "type")?;
+        Ok(match kind {
+            "welcome" => {
+                let limits = fields.opt_map("limits")?.ok_or(DecodeError::MissingField {
+                    kind: "welcome",
+                    field: "limits",
+                })?;
+                ServerMessage::Welcome(Welcome {
+                    connection_id: fields.str("welcome", "connection_id")?.to_owned(),
+                    version: u32::try_from(fields.uint("welcome", "version")?).map_err(|_| {
+                        DecodeError::WrongType {
+                            field: "version",
+                            expected: "a 32-bit unsigned integer",
+                        }
+                    })?,
+                    subject: fields.str("welcome", "subject")?.to_owned(),
+                    heartbeat_interval_ms: fields.uint("welcome", "heartbeat_interval_ms")?,
+                    heartbeat_timeout_ms: fields.uint("welcome", "heartbeat_timeout_ms")?,
+                    token_expires_at: fields.opt_uint("token_expires_at")?,
+                    limits: Limits::decode(&limits)?,
+                })
+            }
+            "subscribed" => ServerMessage::Subscribed(Subscribed {
+                id: fields.uint("subscribed", "id")?,
+                topic: fields.str("subscribed", "topic")?.to_owned(),
+                stored: fields.opt_bool("stored")?.unwrap_or(false),
+                epoch: fields.uint("subscribed", "epoch")?,
+                last_offset: fields.uint("subscribed", "last_offset")?,
+                next_offset: fields.uint("subscribed", "next_offset")?,
+                complete: fields.opt_bool("complete")?.unwrap_or(true),
+                gap: match fields.opt_map("gap")? {
+                    Some(gap) => Some(read_range(&gap, "gap")?),
+                    None => None,
+                },
+                epoch_changed: fields.opt_bool("epoch_changed")?.unwrap_or(false),
+            }),
+            "unsubscribed" => ServerMessage::Unsubscribed {
+                id: fields.uint("unsubscribed", "id")?,
+                topic: fields.str("unsubscribed", "topic")?.to_owned(),
+            },
+            "published" => ServerMessage::Published {
+                id: fields.uint("published", "id")?,
+                epoch: fields.uint("published", "epoch")?,
+                offset: fields.uint("published", "offset")?,
+            },
+            "pong" => ServerMessage::Pong {
+                id: fields.uint("pong", "id")?,
+            },
+            "refreshed" => ServerMessage::Refreshed {
+                id: fields.uint("refreshed", "id")?,
+                expires_at: fields.opt_uint("expires_at")?,
+            },
+            "error" => ServerMessage::Error {
+                id: fields.opt_uint("id")?,
+                code: ErrorCode::from_wire(fields.str("error", "code")?),
+                message: fields.opt_str("message")?.unwrap_or_default().to_owned(),
+            },
+            "message" => {
+                let range = fields.range("payload").ok_or(DecodeError::MissingField {
+                    kind: "message",
+                    field: "payload",
+                })?;
+                ServerMessage::Message(Delivery {
+                    topic: fields.str("message", "topic")?.to_owned(),
+                    epoch: fields.uint("message", "epoch")?,
+                    offset: fields.uint("message", "offset")?,
+                    timestamp_ms: fields.uint("message", "ts")?,
+                    publisher: fields.str("message", "publisher")?.to_owned(),
+                    payload: Payload(body.slice(range)),
+                })
+            }
+            "token_expiring" => ServerMessage::TokenExpiring {
+                expires_at: fields.uint("token_expiring", "expires_at")?,
+            },
+            "gap" => ServerMessage::Gap {
+                topic: fields.str("gap", "topic")?.to_owned(),
+                epoch: fields.uint("gap", "epoch")?,
+                range: read_range(&fields, "gap")?,
+            },
+            "reset" => ServerMessage::Reset {
+                topic: fields.str("reset", "topic")?.to_owned(),
+                epoch: fields.uint("reset", "epoch")?,
+            },
+            other => {
+                return Err(DecodeError::UnknownType {
+                    kind: other.to_owned(),
+                });
+            }
+        })
+    }
+}

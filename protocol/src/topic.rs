@@ -1,0 +1,299 @@
+//! Topic names and subscription filters: validation and matching.
+//!
+//! A topic is one or more segments separated by `.`; each segment is one or
+//! more of `A-Z a-z 0-9 _ - :`. A filter may also use two wildcards, each as
+//! a whole segment: `*` matches exactly one segment, and `>` (last segment
+//! only) matches one or more trailing segments.
+//!
+//! ```
+//! use sockeye_protocol::topic::{TopicFilter, TopicName};
+//! let topic = TopicName::parse("orders.eu.created", 255).unwrap();
+//! assert!(TopicFilter::parse("orders.*.created", 255).unwrap().matches(&topic));
+//! assert!(TopicFilter::parse("orders.>", 255).unwrap().matches(&topic));
+//! assert!(!TopicFilter::parse("orders.*", 255).unwrap().matches(&topic));
+//! ```
+
+use std::fmt;
+
+use crate::error::TopicError;
+
+/// Default maximum length of a topic name or filter, in bytes.
+pub const DEFAULT_MAX_TOPIC_BYTES: usize = 255;
+
+/// A validated topic name: no wildcards. Messages are published to and stored
+/// under topic names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(String);
+
+/// A validated subscription filter: a topic name that may contain wildcards.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicFilter(String);
+
+fn valid_char(ch: char) -> bool {
+    ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | ':')
+}
+
+fn check_shape(text: &str, max: usize) -> Result<(), TopicError> {
+    if text.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if text.len() > max {
+        return Err(TopicError::TooLong {
+            len: text.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+impl TopicName {
+    /// Validates `text` as a topic name of at most `max` bytes.
+    pub fn parse(text: &str, max: usize) -> Result<Self, TopicError> {
+        check_shape(text, max)?;
+        for segment in text.split('.') {
+            if segment.is_empty() {
+                return Err(TopicError::EmptySegment);
+            }
+            if let Some(ch) = segment.chars().find(|ch| !valid_char(*ch)) {
+                return Err(if ch == '*' || ch == '>' {
+                    TopicError::WildcardInName
+                } else {
+                    TopicError::InvalidChar { ch }
+                });
+            }
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The `.`-separated segments.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0.split('.')
+    }
+}
+
+impl TopicFilter {
+    /// Validates `text` as a filter of at most `max` bytes.
+    pub fn parse(text: &str, max: usize) -> Result<Self, TopicError> {
+        check_shape(text, max)?;
+        let count = text.split('.').count();
+        for (index, segment) in text.split('.').enumerate() {
+            match segment {
+                "" => return Err(TopicError::EmptySegment),
+                "*" => {}
+                ">" if index + 1 == count => {}
+                ">" => return Err(TopicError::MisplacedWildcard),
+                _ => {
+                    if let Some(ch) = segment.chars().find(|ch| !valid_char(*ch)) {
+                        return Err(if ch == '*' || ch == '>' {
+                            TopicError::MisplacedWildcard
+                        } else {
+                            TopicError::InvalidChar { ch }
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The filter as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The `.`-separated segments.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0.split('.')
+    }
+
+    /// True if the filter has no wildcard, i.e. names exactly one topic.
+    pub fn is_exact(&self) -> bool {
+        self.segments()
+            .all(|segment| segment != "*" && segment != ">")
+    }
+
+    /// The topic this filter names, if it has no wildcard.
+    pub fn as_exact(&self) -> Option<TopicName> {
+        self.is_exact().then(|| TopicName(self.0.clone()))
+    }
+
+    /// True if `topic` is matched by this filter.
+    pub fn matches(&self, topic: &TopicName) -> bool {
+        let mut topic_segments = topic.segments();
+        for pattern in self.segments() {
+            match pattern {
+                ">" => return topic_segments.next().is_some(),
+                "*" => {
+                    if topic_segments.next().is_none() {
+                        return false;
+                    }
+                }
+                literal => {
+                    if topic_segments.next() != Some(literal) {
+                        return false;
+                    }
+                }
+            }
+        }
+        topic_segments.next().is_none()
+    }
+
+    /// True if some topic is matched by both filters.
+    ///
+    /// ```
+    /// use sockeye_protocol::topic::TopicFilter;
+    /// let f = |s| TopicFilter::parse(s, 255).unwrap();
+    /// assert!(f("a.*").overlaps(&f("a.b")));
+    /// assert!(f("a.>").overlaps(&f("*.b.c")));
+    /// assert!(!f("a.*").overlaps(&f("a.b.c")));
+    /// ```
+    pub fn overlaps(&self, other: &TopicFilter) -> bool {
+        let mut left = self.segments();
+        let mut right = other.segments();
+        loop {
+            match (left.next(), right.next()) {
+                (None, None) => return true,
+                // `>` needs at least one segment on the other side; the other
+                // side having one left (whatever it is) is enough.
+                (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+                (None, Some(_)) | (Some(_), None) => return false,
+                (Some(a), Some(b)) => {
+                    if a != "*" && b != "*" && a != b {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<TopicName> for TopicFilter {
+    fn from(name: TopicName) -> Self {
+        Self(name.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> TopicName {
+        TopicName::parse(s, 255).expect("valid name")
+    }
+
+    fn filter(s: &str) -> TopicFilter {
+        TopicFilter::parse(s, 255).expect("valid filter")
+    }
+
+    #[test]
+    fn names_reject_bad_shapes() {
+        assert_eq!(TopicName::parse("", 255), Err(TopicError::Empty));
+        assert_eq!(TopicName::parse("a..b", 255), Err(TopicError::EmptySegment));
+        assert_eq!(TopicName::parse(".a", 255), Err(TopicError::EmptySegment));
+        assert_eq!(TopicName::parse("a.", 255), Err(TopicError::EmptySegment));
+        assert_eq!(
+            TopicName::parse("a.*", 255),
+            Err(TopicError::WildcardInName)
+        );
+        assert_eq!(
+            TopicName::parse("a b", 255),
+            Err(TopicError::InvalidChar { ch: ' ' })
+        );
+        assert_eq!(
+            TopicName::parse("é", 255),
+            Err(TopicError::InvalidChar { ch: 'é' })
+        );
+        assert_eq!(
+            TopicName::parse("abcd", 3),
+            Err(TopicError::TooLong { len: 4, max: 3 })
+        );
+        assert!(TopicName::parse("Orders-2:eu_1.x", 255).is_ok());
+    }
+
+    #[test]
+    fn filters_reject_misplaced_wildcards() {
+        assert_eq!(
+            TopicFilter::parse("a.>.b", 255),
+            Err(TopicError::MisplacedWildcard)
+        );
+        assert_eq!(
+            TopicFilter::parse("a*", 255),
+            Err(TopicError::MisplacedWildcard)
+        );
+        assert_eq!(
+            TopicFilter::parse("a.b>", 255),
+            Err(TopicError::MisplacedWildcard)
+        );
+        assert!(TopicFilter::parse(">", 255).is_ok());
+        assert!(TopicFilter::parse("*.*.>", 255).is_ok());
+    }
+
+    #[test]
+    fn star_matches_exactly_one_segment() {
+        assert!(filter("a.*").matches(&name("a.b")));
+        assert!(!filter("a.*").matches(&name("a")));
+        assert!(!filter("a.*").matches(&name("a.b.c")));
+        assert!(filter("*.b").matches(&name("x.b")));
+    }
+
+    #[test]
+    fn gt_matches_one_or_more_trailing_segments() {
+        assert!(filter("a.>").matches(&name("a.b")));
+        assert!(filter("a.>").matches(&name("a.b.c.d")));
+        assert!(!filter("a.>").matches(&name("a")));
+        assert!(filter(">").matches(&name("anything.at.all")));
+    }
+
+    #[test]
+    fn exact_filters_match_only_themselves() {
+        assert!(filter("a.b").matches(&name("a.b")));
+        assert!(!filter("a.b").matches(&name("a.bc")));
+        assert!(filter("a.b").is_exact());
+        assert!(!filter("a.*").is_exact());
+    }
+
+    #[test]
+    fn overlap_is_symmetric_and_exact() {
+        let cases = [
+            ("a.b", "a.b", true),
+            ("a.b", "a.c", false),
+            ("a.*", "a.b", true),
+            ("a.*", "a.b.c", false),
+            ("a.>", "a.b.c", true),
+            ("a.>", "a", false),
+            ("*.c", "a.>", true),
+            (">", "x", true),
+            ("a.*.c", "a.b.*", true),
+            ("a.*.c", "a.b.d", false),
+        ];
+        for (left, right, expected) in cases {
+            assert_eq!(
+                filter(left).overlaps(&filter(right)),
+                expected,
+                "{left} vs {right}"
+            );
+            assert_eq!(
+                filter(right).overlaps(&filter(left)),
+                expected,
+                "{right} vs {left}"
+            );
+        }
+    }
+}
