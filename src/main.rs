@@ -1,1 +1,124 @@
-fn main() {}
+//! The `sockeye` binary: command line, configuration loading and wiring.
+//!
+//! - `sockeye serve`: runs the broker (and the admin API).
+//! - `sockeye token`: prints a token signed with the configured key.
+//! - `sockeye config`: prints the default configuration file.
+
+mod cli;
+mod settings;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use sockeye_broker::{Broker, Claims};
+
+use crate::cli::{Cli, Command, ServeArgs, TokenArgs};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
+        #[allow(clippy::print_stdout, reason = "the file is the command's output")]
+        Command::Config => {
+            print!("{}", settings::DEFAULT_CONFIG);
+            Ok(())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = settings::load(&args.common, args.overrides())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listen = config.server.listen;
+        let data_dir = config.server.data_dir.clone();
+        let broker = Broker::open(config).context("cannot start the broker")?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(
+            listen = %listener.local_addr().unwrap_or(listen),
+            data_dir = %data_dir.display(),
+            "sockeye is serving WebSocket clients at /ws"
+        );
+        broker.serve(listener, shutdown_signal()).await?;
+        tracing::info!("sockeye stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(cause = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(cause = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the token is the command's output")]
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let config = settings::load(&args.common, Vec::new())?;
+    let authenticator = sockeye_broker::Authenticator::from_config(
+        &config.auth,
+        &config.server.data_dir,
+        config.limits.max_topic_length,
+    )
+    .context("cannot load the signing key")?;
+    if authenticator.generated_secret() {
+        eprintln!(
+            "sockeye: generated a development signing secret in {}",
+            config.server.data_dir.display()
+        );
+    }
+    let now = sockeye_broker::auth::unix_now();
+    let ttl: Duration = args.ttl.into();
+    let claims = Claims {
+        sub: args.sub,
+        exp: Some(now + ttl.as_secs().max(1)),
+        iat: Some(now),
+        subscribe: (!args.subscribe.is_empty()).then_some(args.subscribe),
+        publish: (!args.publish.is_empty()).then_some(args.publish),
+        admin: args.admin,
+        ..Claims::default()
+    };
+    let token = authenticator
+        .mint(claims)
+        .context("cannot sign the token")?;
+    println!("{token}");
+    Ok(())
+}

@@ -1,1 +1,362 @@
-//! x
+//! The Sockeye broker core: handshake authentication, connections, topics,
+//! fan-out, and the history store on sled.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one typed configuration tree and its validation.
+//! - [`auth`]: finding and verifying the handshake JWT; permissions.
+//! - `server`: the listener, HTTP/1.1 with a handshake timeout, the `/ws`
+//!   upgrade, `/healthz`, graceful shutdown.
+//! - `connection`: one task per connection: requests, replies, deliveries,
+//!   heartbeats, token expiry, close codes.
+//! - [`peer`]: the shared half of a connection (outbound queue, counters,
+//!   close signal) that fan-out and the admin API hold.
+//! - [`topics`]: the topic registry, fan-out, subscribe positions.
+//! - `replay`: streaming history to a subscriber and the seam to live.
+//! - `wildcard`: the trie of wildcard subscriptions.
+//! - [`store`]: sled layout, durability (group-commit flusher), trimming.
+//! - [`stats`]: counters and histograms for the admin API.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = sockeye_broker::Config::default();
+//! let broker = sockeye_broker::Broker::open(config)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! broker.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod config;
+mod connection;
+pub mod peer;
+mod replay;
+mod server;
+pub mod stats;
+pub mod store;
+pub mod topics;
+mod wildcard;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sockeye_protocol::{CloseCode, Payload, TopicName};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::auth::{Authenticator, Claims, Identity};
+pub use crate::config::Config;
+pub use crate::peer::{ConnId, Peer};
+pub use crate::stats::Stats;
+pub use crate::store::{Store, StoreError};
+pub use crate::topics::{TopicInfo, Topics};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The signing keys could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] auth::KeyError),
+    /// The history store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a publish made through [`Broker::publish`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The topic name is invalid.
+    #[error(transparent)]
+    Topic(#[from] sockeye_protocol::TopicError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The broker is shutting down.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+/// A running broker: cheap to clone, shared by every connection.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Arc<Config>,
+    authenticator: Authenticator,
+    store: Arc<Store>,
+    topics: Arc<Topics>,
+    stats: Arc<Stats>,
+    /// Every connected peer, by id. A std mutex: held only to insert,
+    /// remove or copy out entries, never across an `.await`.
+    peers: Mutex<HashMap<ConnId, Arc<Peer>>>,
+    next_id: AtomicU64,
+    draining: AtomicBool,
+    /// Cancelled at the end of shutdown; stops background tasks.
+    shutdown: CancellationToken,
+    /// Background tasks (flusher, trimmer, replays).
+    tasks: TaskTracker,
+    /// Connection sessions.
+    connections: TaskTracker,
+}
+
+impl Broker {
+    /// Validates `config`, opens the store in `config.server.data_dir`, and
+    /// starts the background tasks. Must be called inside a tokio runtime.
+    pub fn open(config: Config) -> Result<Self, BrokerError> {
+        config.validate()?;
+        let store = Store::open(&config.server.data_dir.join("store"), &config.store)?;
+        Self::with_store(config, store)
+    }
+
+    /// Like [`Broker::open`] with a store opened by the caller (for example
+    /// [`Store::temporary`] in tests).
+    pub fn with_store(config: Config, store: Store) -> Result<Self, BrokerError> {
+        config.validate()?;
+        let authenticator = Authenticator::from_config(
+            &config.auth,
+            &config.server.data_dir,
+            config.limits.max_topic_length,
+        )?;
+        if authenticator.generated_secret() {
+            tracing::warn!(
+                path = %config.server.data_dir.join(auth::DEV_SECRET_FILE).display(),
+                "generated a development signing secret; configure auth.secret_file for production"
+            );
+        }
+        let stats = Arc::new(Stats::default());
+        let tasks = TaskTracker::new();
+        let store = Arc::new(store);
+        let topics = Arc::new(Topics::new(
+            &config,
+            Arc::clone(&store),
+            Arc::clone(&stats),
+            tasks.clone(),
+        )?);
+        let shutdown = CancellationToken::new();
+        tasks.spawn(Arc::clone(&store).run_flusher(shutdown.clone()));
+        tasks.spawn(run_trimmer(
+            Arc::clone(&topics),
+            config.store.trim_interval,
+            shutdown.clone(),
+        ));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config: Arc::new(config),
+                authenticator,
+                store,
+                topics,
+                stats,
+                peers: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                draining: AtomicBool::new(false),
+                shutdown,
+                tasks,
+                connections: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// Serves WebSocket clients on `listener` until `shutdown` resolves;
+    /// then stops accepting, closes every connection with 1001 and a spread
+    /// reconnect hint, waits for them (bounded by the drain timeout), and
+    /// flushes the store.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        server::serve(self, listener, shutdown).await
+    }
+
+    /// The router for `/ws` and `/healthz`, for embedding in another server
+    /// (requests must carry `ConnectInfo<SocketAddr>`).
+    pub fn router(&self) -> axum::Router {
+        server::router(self.clone())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.inner.config
+    }
+
+    /// The token verifier (and minter).
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.inner.authenticator
+    }
+
+    /// The topic registry.
+    pub fn topics(&self) -> &Arc<Topics> {
+        &self.inner.topics
+    }
+
+    /// The history store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// Broker-wide counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.inner.stats
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    pub(crate) fn connection_tracker(&self) -> TaskTracker {
+        self.inner.connections.clone()
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Arc<Peer>>> {
+        self.inner
+            .peers
+            .lock()
+            .expect("no code panics while holding the peer map")
+    }
+
+    pub(crate) fn register(
+        &self,
+        subject: String,
+        remote: SocketAddr,
+        user_agent: Option<String>,
+    ) -> (Arc<Peer>, mpsc::Receiver<Bytes>) {
+        let id = ConnId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let (peer, inbox) = Peer::new(
+            id,
+            subject,
+            remote,
+            user_agent,
+            self.inner.config.limits.outbound_queue,
+        );
+        let peer = Arc::new(peer);
+        self.peers().insert(id, Arc::clone(&peer));
+        (peer, inbox)
+    }
+
+    pub(crate) fn unregister(&self, id: ConnId) {
+        if self.peers().remove(&id).is_some() {
+            self.inner.stats.connections.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Connected peers in id order, starting after `after`; at most `limit`.
+    pub fn connections(&self, after: Option<ConnId>, limit: usize) -> Vec<Arc<Peer>> {
+        let mut peers: Vec<Arc<Peer>> = self
+            .peers()
+            .values()
+            .filter(|peer| after.is_none_or(|after| peer.id > after))
+            .cloned()
+            .collect();
+        peers.sort_unstable_by_key(|peer| peer.id);
+        peers.truncate(limit);
+        peers
+    }
+
+    /// One connected peer.
+    pub fn connection(&self, id: ConnId) -> Option<Arc<Peer>> {
+        self.peers().get(&id).cloned()
+    }
+
+    /// Number of connected peers.
+    pub fn connection_count(&self) -> usize {
+        self.peers().len()
+    }
+
+    /// Closes a connection with `code`; returns whether it existed.
+    pub fn disconnect(&self, id: ConnId, code: CloseCode, reason: &str) -> bool {
+        match self.connection(id) {
+            Some(peer) => {
+                peer.close(code, reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Publishes on behalf of `publisher` (for the admin API). Waits until
+    /// the message is acknowledged under the durability mode, like a
+    /// WebSocket publish with `ack: true`. Returns `(epoch, offset)`.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: &Payload,
+        publisher: &str,
+    ) -> Result<(u64, u64), PublishError> {
+        let topic = TopicName::parse(topic, self.inner.config.limits.max_topic_length)?;
+        let published = self.inner.topics.publish(&topic, payload, publisher)?;
+        if let Some(write) = published.write {
+            let store = &self.inner.store;
+            if write > store.acknowledged_through() {
+                let mut durable = store.durable();
+                store.request_flush();
+                durable
+                    .wait_for(|through| *through >= write)
+                    .await
+                    .map_err(|_| PublishError::ShuttingDown)?;
+            }
+        }
+        Ok((published.epoch, published.offset))
+    }
+
+    /// Closes every connection with 1001 and a reconnect hint spread over
+    /// `shutdown.reconnect_spread`, waits for them up to the drain timeout,
+    /// then stops the background tasks (the flusher flushes one last time).
+    pub async fn drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+        let spread = self.inner.config.shutdown.reconnect_spread;
+        let peers: Vec<Arc<Peer>> = self.peers().values().cloned().collect();
+        for peer in &peers {
+            peer.close(server::DRAIN_CODE, server::reconnect_hint(spread));
+        }
+        self.inner.connections.close();
+        let drain_timeout = self.inner.config.shutdown.drain_timeout;
+        if tokio::time::timeout(drain_timeout, self.inner.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout: some connections did not close in time");
+        }
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.inner.tasks.wait()).await;
+    }
+}
+
+async fn run_trimmer(topics: Arc<Topics>, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let topics = Arc::clone(&topics);
+        if tokio::task::spawn_blocking(move || topics.trim_all())
+            .await
+            .is_err()
+        {
+            tracing::error!("a trim pass panicked");
+        }
+    }
+}

@@ -94,6 +94,11 @@ impl FrameBuf {
         &mut self.buf
     }
 
+    /// The body written so far.
+    pub fn body(&self) -> &[u8] {
+        &self.buf[1..]
+    }
+
     /// Length of the body written so far.
     pub fn body_len(&self) -> usize {
         self.buf.len() - 1

@@ -143,6 +143,32 @@ impl TopicFilter {
         topic_segments.next().is_none()
     }
 
+    /// True if every topic matched by `narrower` is also matched by this
+    /// filter. Used for permissions: a token allowed `chat.>` may subscribe
+    /// to `chat.*`, but one allowed `chat.*` may not subscribe to `chat.>`.
+    ///
+    /// ```
+    /// use sockeye_protocol::topic::TopicFilter;
+    /// let f = |s| TopicFilter::parse(s, 255).unwrap();
+    /// assert!(f("chat.>").covers(&f("chat.*")));
+    /// assert!(f("chat.*").covers(&f("chat.lobby")));
+    /// assert!(!f("chat.*").covers(&f("chat.>")));
+    /// ```
+    pub fn covers(&self, narrower: &TopicFilter) -> bool {
+        let mut wide = self.segments();
+        let mut narrow = narrower.segments();
+        loop {
+            match (wide.next(), narrow.next()) {
+                (None, None) => return true,
+                (Some(">"), Some(_)) => return true,
+                (Some(_), Some(">")) => return false,
+                (Some("*"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+    }
+
     /// True if some topic is matched by both filters.
     ///
     /// ```
@@ -267,6 +293,30 @@ mod tests {
         assert!(!filter("a.b").matches(&name("a.bc")));
         assert!(filter("a.b").is_exact());
         assert!(!filter("a.*").is_exact());
+    }
+
+    #[test]
+    fn covers_means_every_matched_topic_is_matched() {
+        let cases = [
+            (">", "a.b.>", true),
+            ("a.>", "a.*", true),
+            ("a.>", "a", false),
+            ("a.*", "a.b", true),
+            ("a.*", "a.>", false),
+            ("a.*", "a.*", true),
+            ("a.b", "a.*", false),
+            ("a.b", "a.b", true),
+            ("*.b", "a.b", true),
+            ("a.*.c", "a.*.c", true),
+            ("a.*.c", "a.>", false),
+        ];
+        for (wide, narrow, expected) in cases {
+            assert_eq!(
+                filter(wide).covers(&filter(narrow)),
+                expected,
+                "{wide} covers {narrow}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,492 @@
+//! Handshake authentication: where a token is found in the upgrade request,
+//! how it is verified, and the identity and permissions it grants.
+//!
+//! Tokens are never logged; only the reason a token was rejected is.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderMap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sockeye_protocol::{TopicFilter, TopicName};
+
+use crate::config::{Algorithm, AuthConfig};
+
+/// Prefix of a token carried as a `Sec-WebSocket-Protocol` entry.
+pub const SUBPROTOCOL_TOKEN_PREFIX: &str = "bearer.";
+
+/// File in the data directory holding the generated development secret.
+pub const DEV_SECRET_FILE: &str = "dev-secret";
+
+/// The claims Sockeye reads from (and writes into) a token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Who the client is.
+    pub sub: String,
+    /// Expiry, unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// Not before, unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Filters the holder may subscribe to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<Vec<String>>,
+    /// Filters of the topics the holder may publish to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
+    /// Grants access to the admin API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+}
+
+/// What a verified token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The `sub` claim.
+    pub subject: String,
+    /// `exp`, if the token has one.
+    pub expires_at: Option<SystemTime>,
+    /// Topic permissions.
+    pub permissions: Permissions,
+    /// Whether the token grants admin access.
+    pub admin: bool,
+}
+
+/// Topic permissions of one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    subscribe: Vec<TopicFilter>,
+    publish: Vec<TopicFilter>,
+}
+
+impl Permissions {
+    /// True if a subscription with `filter` is allowed: some permission
+    /// covers every topic the filter matches.
+    pub fn may_subscribe(&self, filter: &TopicFilter) -> bool {
+        self.subscribe.iter().any(|allowed| allowed.covers(filter))
+    }
+
+    /// True if publishing to `topic` is allowed.
+    pub fn may_publish(&self, topic: &TopicName) -> bool {
+        self.publish.iter().any(|allowed| allowed.matches(topic))
+    }
+}
+
+/// Why a token was rejected. [`AuthError::code`] is the stable `code` of the
+/// HTTP 401 body and the label of the auth-failure metric.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No token in any carrier.
+    #[error(
+        "no token: send `Authorization: Bearer <jwt>`, a `bearer.<jwt>` subprotocol, or `?token=<jwt>`"
+    )]
+    Missing,
+    /// Not a well-formed JWT.
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    /// The signature does not verify.
+    #[error("token signature does not verify")]
+    BadSignature,
+    /// `alg` is not the configured algorithm.
+    #[error("token algorithm is not the one this broker accepts")]
+    WrongAlgorithm,
+    /// `exp` has passed.
+    #[error("token has expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token is not valid yet")]
+    NotYetValid,
+    /// `iss` does not match.
+    #[error("token issuer is not accepted")]
+    BadIssuer,
+    /// `aud` does not match.
+    #[error("token audience is not accepted")]
+    BadAudience,
+    /// A required claim is absent.
+    #[error("token lacks the required claim `{0}`")]
+    MissingClaim(String),
+    /// Any other validation failure.
+    #[error("token is invalid: {0}")]
+    Invalid(String),
+}
+
+impl AuthError {
+    /// Every stable code, for metrics.
+    pub const CODES: [&'static str; 10] = [
+        "token_missing",
+        "token_malformed",
+        "token_bad_signature",
+        "token_wrong_algorithm",
+        "token_expired",
+        "token_not_yet_valid",
+        "token_bad_issuer",
+        "token_bad_audience",
+        "token_missing_claim",
+        "token_invalid",
+    ];
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        Self::CODES[self.index()]
+    }
+
+    /// Index into [`AuthError::CODES`].
+    pub fn index(&self) -> usize {
+        match self {
+            AuthError::Missing => 0,
+            AuthError::Malformed => 1,
+            AuthError::BadSignature => 2,
+            AuthError::WrongAlgorithm => 3,
+            AuthError::Expired => 4,
+            AuthError::NotYetValid => 5,
+            AuthError::BadIssuer => 6,
+            AuthError::BadAudience => 7,
+            AuthError::MissingClaim(_) => 8,
+            AuthError::Invalid(_) => 9,
+        }
+    }
+}
+
+/// Why the signing keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A key or secret file could not be read or written.
+    #[error("cannot access key file {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key file did not hold a usable key.
+    #[error("key file {path} does not hold a usable {algorithm:?} key: {reason}")]
+    BadKey {
+        /// The file.
+        path: String,
+        /// The configured algorithm.
+        algorithm: Algorithm,
+        /// What the parser said.
+        reason: String,
+    },
+    /// `sockeye token` was asked to sign without a private key.
+    #[error("minting {0:?} tokens needs auth.private_key_file")]
+    NoSigningKey(Algorithm),
+    /// Signing failed.
+    #[error("cannot sign the token: {0}")]
+    Sign(String),
+}
+
+/// Verifies tokens (and mints them, when it has the signing key).
+pub struct Authenticator {
+    algorithm: Algorithm,
+    decoding: DecodingKey,
+    encoding: Option<EncodingKey>,
+    validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
+    default_subscribe: Vec<TopicFilter>,
+    default_publish: Vec<TopicFilter>,
+    max_topic_length: usize,
+    /// True when the secret was generated for development.
+    generated_secret: bool,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("algorithm", &self.algorithm)
+            .field("can_mint", &self.encoding.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn jwt_algorithm(algorithm: Algorithm) -> jsonwebtoken::Algorithm {
+    match algorithm {
+        Algorithm::HS256 => jsonwebtoken::Algorithm::HS256,
+        Algorithm::HS384 => jsonwebtoken::Algorithm::HS384,
+        Algorithm::HS512 => jsonwebtoken::Algorithm::HS512,
+        Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+        Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Loads the development secret from `data_dir`, generating and persisting
+/// it (mode 0600) on first use. Returns the secret and whether it was new.
+fn dev_secret(data_dir: &Path) -> Result<(Vec<u8>, bool), KeyError> {
+    let path = data_dir.join(DEV_SECRET_FILE);
+    let io_error = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= 32 => return Ok((secret, false)),
+        Ok(_) => {
+            return Err(KeyError::BadKey {
+                path: path.display().to_string(),
+                algorithm: Algorithm::HS256,
+                reason: "development secret is shorter than 32 bytes".into(),
+            });
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io_error(err)),
+    }
+    std::fs::create_dir_all(data_dir).map_err(io_error)?;
+    let secret: String = {
+        use rand::Rng;
+        let bytes: [u8; 32] = rand::rng().random();
+        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(&path) {
+        Ok(mut file) => {
+            use std::io::Write;
+            file.write_all(secret.as_bytes()).map_err(io_error)?;
+            file.sync_all().map_err(io_error)?;
+            Ok((secret.into_bytes(), true))
+        }
+        // Another process (`sockeye token` next to `sockeye serve`) won the race.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::read(&path).map(|s| (s, false)).map_err(io_error)
+        }
+        Err(err) => Err(io_error(err)),
+    }
+}
+
+fn parse_filters(filters: &[String], max: usize) -> Result<Vec<TopicFilter>, String> {
+    filters
+        .iter()
+        .map(|text| TopicFilter::parse(text, max).map_err(|err| format!("`{text}`: {err}")))
+        .collect()
+}
+
+/// Seconds since the unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+impl Authenticator {
+    /// Builds the verifier from config. For HS* without a configured secret
+    /// it uses (and creates, if needed) the development secret in `data_dir`.
+    pub fn from_config(
+        config: &AuthConfig,
+        data_dir: &Path,
+        max_topic_length: usize,
+    ) -> Result<Self, KeyError> {
+        let algorithm = config.algorithm;
+        let bad_key = |path: &Path, reason: String| KeyError::BadKey {
+            path: path.display().to_string(),
+            algorithm,
+            reason,
+        };
+        let mut generated_secret = false;
+        let (decoding, encoding) = if algorithm.is_hmac() {
+            let secret = match (&config.secret, &config.secret_file) {
+                (Some(secret), _) => secret.as_bytes().to_vec(),
+                (None, Some(path)) => {
+                    let mut secret = read_file(path)?;
+                    while secret.last().is_some_and(|byte| byte.is_ascii_whitespace()) {
+                        secret.pop();
+                    }
+                    secret
+                }
+                (None, None) => {
+                    let (secret, created) = dev_secret(data_dir)?;
+                    generated_secret = created;
+                    secret
+                }
+            };
+            (
+                DecodingKey::from_secret(&secret),
+                Some(EncodingKey::from_secret(&secret)),
+            )
+        } else {
+            let path = config
+                .public_key_file
+                .as_deref()
+                .ok_or(KeyError::NoSigningKey(algorithm))?;
+            let pem = read_file(path)?;
+            let decoding = match algorithm {
+                Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
+                _ => DecodingKey::from_ec_pem(&pem),
+            }
+            .map_err(|err| bad_key(path, err.to_string()))?;
+            let encoding = match &config.private_key_file {
+                None => None,
+                Some(path) => {
+                    let pem = read_file(path)?;
+                    Some(
+                        match algorithm {
+                            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+                            _ => EncodingKey::from_ec_pem(&pem),
+                        }
+                        .map_err(|err| bad_key(path, err.to_string()))?,
+                    )
+                }
+            };
+            (decoding, encoding)
+        };
+
+        let mut validation = Validation::new(jwt_algorithm(algorithm));
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.validate_exp = true;
+        let mut required = vec!["sub"];
+        if config.require_exp {
+            required.push("exp");
+        }
+        validation.set_required_spec_claims(&required);
+        match &config.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &config.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        let defaults = |filters: &[String]| {
+            parse_filters(filters, max_topic_length).map_err(|reason| KeyError::BadKey {
+                path: "auth.default_*".into(),
+                algorithm,
+                reason,
+            })
+        };
+        Ok(Self {
+            algorithm,
+            decoding,
+            encoding,
+            validation,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            default_subscribe: defaults(&config.default_subscribe)?,
+            default_publish: defaults(&config.default_publish)?,
+            max_topic_length,
+            generated_secret,
+        })
+    }
+
+    /// True if a development secret was generated when this was built.
+    pub fn generated_secret(&self) -> bool {
+        self.generated_secret
+    }
+
+    /// Verifies a token and returns the identity it grants.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|err| match err.into_kind() {
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) => {
+                    AuthError::Malformed
+                }
+                ErrorKind::Utf8(_) => AuthError::Malformed,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    AuthError::WrongAlgorithm
+                }
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthError::BadIssuer,
+                ErrorKind::InvalidAudience => AuthError::BadAudience,
+                ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim),
+                other => AuthError::Invalid(format!("{other:?}")),
+            })?;
+        let claims = data.claims;
+        if claims.sub.is_empty() {
+            return Err(AuthError::MissingClaim("sub".into()));
+        }
+        let permissions = Permissions {
+            subscribe: match &claims.subscribe {
+                Some(filters) => parse_filters(filters, self.max_topic_length)
+                    .map_err(|reason| AuthError::Invalid(format!("claim `subscribe`: {reason}")))?,
+                None => self.default_subscribe.clone(),
+            },
+            publish: match &claims.publish {
+                Some(filters) => parse_filters(filters, self.max_topic_length)
+                    .map_err(|reason| AuthError::Invalid(format!("claim `publish`: {reason}")))?,
+                None => self.default_publish.clone(),
+            },
+        };
+        Ok(Identity {
+            subject: claims.sub,
+            expires_at: claims.exp.map(|exp| UNIX_EPOCH + Duration::from_secs(exp)),
+            permissions,
+            admin: claims.admin,
+        })
+    }
+
+    /// Signs `claims`, filling in `iss` and `aud` from the configuration
+    /// when they are not set.
+    pub fn mint(&self, mut claims: Claims) -> Result<String, KeyError> {
+        let key = self
+            .encoding
+            .as_ref()
+            .ok_or(KeyError::NoSigningKey(self.algorithm))?;
+        if claims.iss.is_none() {
+            claims.iss = self.issuer.clone();
+        }
+        if claims.aud.is_none() {
+            claims.aud = self.audience.clone();
+        }
+        jsonwebtoken::encode(&Header::new(jwt_algorithm(self.algorithm)), &claims, key)
+            .map_err(|err| KeyError::Sign(err.to_string()))
+    }
+}
+
+/// Finds the token in an upgrade request: `Authorization: Bearer`, then a
+/// `bearer.<jwt>` entry of `Sec-WebSocket-Protocol`, then `?token=`.
+pub fn token_from_request<'a>(
+    headers: &'a HeaderMap,
+    query: &'a BTreeMap<String, String>,
+) -> Option<&'a str> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let subprotocol = || {
+        headers
+            .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .find_map(|entry| entry.strip_prefix(SUBPROTOCOL_TOKEN_PREFIX))
+    };
+    bearer
+        .or_else(subprotocol)
+        .or_else(|| query.get("token").map(String::as_str))
+        .filter(|token| !token.is_empty())
+}

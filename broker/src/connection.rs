@@ -1,0 +1,732 @@
+//! One WebSocket connection after the handshake: reading requests, writing
+//! replies and deliveries, heartbeats, token expiry, and the close.
+//!
+//! Each connection is one task running [`Session::run`]: a `select!` over
+//! the close signal, the outbound queue, durable acknowledgements, the
+//! socket, the heartbeat timer and the token-expiry timer. Replies are
+//! written straight to the socket from the request handler; deliveries
+//! arrive through the bounded outbound queue that fan-out and replays fill.
+//! Draining the queue writes every waiting frame and then flushes once, so a
+//! burst costs one syscall, not one per message.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use sockeye_protocol::{
+    ClientMessage, CloseCode, DecodeError, ErrorCode, MessageError, PROTOCOL_VERSION, Position,
+    RequestId, ServerMessage, TopicFilter, TopicName, Welcome, frame,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::Broker;
+use crate::auth::Identity;
+use crate::peer::Peer;
+use crate::stats::Stats;
+use crate::topics::{SubscribeError, Subscriber};
+
+/// Frames written per drain of the outbound queue before one flush.
+const DRAIN_BATCH: usize = 256;
+
+/// How long the broker waits for the client's close reply.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// One subscription held by this connection.
+#[derive(Debug)]
+struct Held {
+    /// The exact topic, for exact filters.
+    exact: Option<TopicName>,
+    /// Ends the subscription (and its replay).
+    cancel: CancellationToken,
+}
+
+/// What woke the session loop.
+enum Event {
+    /// A frame from the outbound queue.
+    Queued(Bytes),
+    /// The store's durable write sequence advanced.
+    Durable,
+    /// Something from the socket (or its end).
+    Incoming(Option<Result<Message, axum::Error>>),
+    /// Time to ping (and check for silence).
+    Heartbeat,
+    /// Time to warn of, or act on, token expiry.
+    Expiry,
+}
+
+/// Why the session loop ended.
+enum Ending {
+    /// Close with this code and reason.
+    Close(CloseCode, String),
+    /// The client closed, or the socket failed: nothing more to send.
+    Gone,
+}
+
+/// The owning half of one connection.
+pub(crate) struct Session {
+    broker: Broker,
+    peer: Arc<Peer>,
+    socket: WebSocket,
+    inbox: mpsc::Receiver<Bytes>,
+    identity: Identity,
+    held: HashMap<TopicFilter, Held>,
+    /// Publish replies waiting for their write to become durable, in write
+    /// order: `(write sequence, reply frame)`.
+    pending_acks: VecDeque<(u64, Bytes)>,
+    durable: watch::Receiver<u64>,
+    rate: Option<DefaultDirectRateLimiter>,
+    last_heard: Instant,
+    warned_expiry: bool,
+    /// Cancelled when the session ends; parent of every subscription token.
+    ended: CancellationToken,
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Converts a wall-clock deadline to a monotonic one.
+fn deadline(at: SystemTime) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    match at.duration_since(SystemTime::now()) {
+        Ok(remaining) => now + remaining,
+        Err(_) => now,
+    }
+}
+
+fn rate_limiter(rate: u64, burst: u64) -> Option<DefaultDirectRateLimiter> {
+    if rate == 0 {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let burst =
+        NonZeroU32::new(u32::try_from(burst).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period).map(|quota| RateLimiter::direct(quota.allow_burst(burst)))
+}
+
+fn decode_error_code(error: &DecodeError) -> ErrorCode {
+    match error {
+        DecodeError::UnknownType { .. } => ErrorCode::UnknownType,
+        DecodeError::MissingField { .. } | DecodeError::WrongType { .. } => ErrorCode::BadRequest,
+        _ => ErrorCode::MalformedFrame,
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        broker: Broker,
+        peer: Arc<Peer>,
+        socket: WebSocket,
+        inbox: mpsc::Receiver<Bytes>,
+        identity: Identity,
+    ) -> Self {
+        let config = broker.config();
+        let rate = rate_limiter(config.limits.publish_rate, config.limits.publish_burst);
+        let durable = broker.store().durable();
+        let ended = broker.shutdown_token().child_token();
+        Self {
+            broker,
+            peer,
+            socket,
+            inbox,
+            identity,
+            held: HashMap::new(),
+            pending_acks: VecDeque::new(),
+            durable,
+            rate,
+            last_heard: Instant::now(),
+            warned_expiry: false,
+            ended,
+        }
+    }
+
+    fn encode(&self, message: &ServerMessage) -> Bytes {
+        message.encode_frame(&self.broker.topics().compression)
+    }
+
+    /// Writes one frame to the socket buffer (no flush).
+    async fn feed(&mut self, frame: Bytes) -> Result<(), axum::Error> {
+        let len = frame.len();
+        self.socket.feed(Message::Binary(frame)).await?;
+        self.peer.count_out(len);
+        Stats::add(&self.broker.stats().bytes_out, len as u64);
+        Ok(())
+    }
+
+    async fn reply(&mut self, message: &ServerMessage) -> Result<(), axum::Error> {
+        let frame = self.encode(message);
+        self.feed(frame).await
+    }
+
+    async fn error(
+        &mut self,
+        id: Option<RequestId>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Result<(), axum::Error> {
+        Stats::add(&self.broker.stats().error_replies, 1);
+        self.reply(&ServerMessage::Error {
+            id,
+            code,
+            message: message.into(),
+        })
+        .await
+    }
+
+    /// Runs the connection to its end.
+    pub(crate) async fn run(mut self) {
+        let config = Arc::clone(self.broker.config());
+        let write_timeout = config.heartbeat.timeout;
+        let welcome = ServerMessage::Welcome(Welcome {
+            connection_id: self.peer.id.to_string(),
+            version: PROTOCOL_VERSION,
+            subject: self.identity.subject.clone(),
+            heartbeat_interval_ms: config.heartbeat.interval.as_millis() as u64,
+            heartbeat_timeout_ms: config.heartbeat.timeout.as_millis() as u64,
+            token_expires_at: self.identity.expires_at.map(unix_ms),
+            limits: config.wire_limits(),
+        });
+        let ending = match self.reply(&welcome).await {
+            Ok(()) => match tokio::time::timeout(write_timeout, self.socket.flush()).await {
+                Ok(Ok(())) => self.serve(&config).await,
+                _ => Ending::Gone,
+            },
+            Err(_) => Ending::Gone,
+        };
+        self.finish(ending).await;
+    }
+
+    async fn serve(&mut self, config: &crate::Config) -> Ending {
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + config.heartbeat.interval,
+            config.heartbeat.interval,
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let max_pending = config.limits.max_pending_acks;
+        loop {
+            let expiry = self.next_expiry_event(config.auth.expiry_warning);
+            let event = tokio::select! {
+                biased;
+                () = self.peer.close_requested() => {
+                    let (code, reason) = self
+                        .peer
+                        .close_reason()
+                        .unwrap_or((CloseCode::InternalError, String::new()));
+                    return Ending::Close(code, reason);
+                }
+                frame = self.inbox.recv() => match frame {
+                    Some(frame) => Event::Queued(frame),
+                    None => return Ending::Gone,
+                },
+                changed = self.durable.changed(), if !self.pending_acks.is_empty() => {
+                    if changed.is_err() {
+                        return Ending::Close(CloseCode::GoingAway, "history store closed".into());
+                    }
+                    Event::Durable
+                }
+                incoming = self.socket.next(), if self.pending_acks.len() < max_pending => {
+                    Event::Incoming(incoming)
+                }
+                _ = heartbeat.tick() => Event::Heartbeat,
+                () = sleep_until_option(expiry) => Event::Expiry,
+            };
+            // Every write is bounded by the heartbeat timeout, so a client
+            // that stops reading cannot pin this task (or its close) forever.
+            match tokio::time::timeout(config.heartbeat.timeout, self.handle_event(event, config))
+                .await
+            {
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(ending))) => return ending,
+                Ok(Err(err)) => {
+                    tracing::debug!(cause = %err, "connection write failed");
+                    return Ending::Gone;
+                }
+                Err(_) => {
+                    tracing::debug!("connection write timed out");
+                    return Ending::Gone;
+                }
+            }
+        }
+    }
+
+    async fn handle_event(
+        &mut self,
+        event: Event,
+        config: &crate::Config,
+    ) -> Result<Option<Ending>, axum::Error> {
+        match event {
+            Event::Queued(frame) => self.write_queued(frame).await,
+            Event::Durable => self.write_durable_acks().await,
+            Event::Incoming(incoming) => {
+                let ending = self.handle_incoming(incoming).await?;
+                self.socket.flush().await?;
+                Ok(ending)
+            }
+            Event::Heartbeat => {
+                if self.last_heard.elapsed() >= config.heartbeat.timeout {
+                    return Ok(Some(Ending::Close(
+                        CloseCode::HeartbeatTimeout,
+                        "no frame received within the heartbeat timeout".into(),
+                    )));
+                }
+                self.socket.feed(Message::Ping(Bytes::new())).await?;
+                self.socket.flush().await?;
+                Ok(None)
+            }
+            Event::Expiry => self.on_expiry_event().await,
+        }
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), then
+    /// flushes once.
+    async fn write_queued(&mut self, first: Bytes) -> Result<Option<Ending>, axum::Error> {
+        self.feed(first).await?;
+        for _ in 1..DRAIN_BATCH {
+            match self.inbox.try_recv() {
+                Ok(frame) => self.feed(frame).await?,
+                Err(_) => break,
+            }
+        }
+        self.socket.flush().await?;
+        Ok(None)
+    }
+
+    async fn write_durable_acks(&mut self) -> Result<Option<Ending>, axum::Error> {
+        let durable = *self.durable.borrow_and_update();
+        while self
+            .pending_acks
+            .front()
+            .is_some_and(|(write, _)| *write <= durable)
+        {
+            if let Some((_, frame)) = self.pending_acks.pop_front() {
+                self.feed(frame).await?;
+            }
+        }
+        self.socket.flush().await.map(|()| None)
+    }
+
+    fn next_expiry_event(&self, warning: Duration) -> Option<tokio::time::Instant> {
+        let expires_at = self.identity.expires_at?;
+        if self.warned_expiry {
+            Some(deadline(expires_at))
+        } else {
+            Some(deadline(
+                expires_at.checked_sub(warning).unwrap_or(expires_at),
+            ))
+        }
+    }
+
+    async fn on_expiry_event(&mut self) -> Result<Option<Ending>, axum::Error> {
+        let Some(expires_at) = self.identity.expires_at else {
+            return Ok(None);
+        };
+        if SystemTime::now() >= expires_at {
+            return Ok(Some(Ending::Close(
+                CloseCode::TokenExpired,
+                "token expired; reconnect with a fresh token".into(),
+            )));
+        }
+        if !self.warned_expiry {
+            self.warned_expiry = true;
+            self.reply(&ServerMessage::TokenExpiring {
+                expires_at: unix_ms(expires_at),
+            })
+            .await?;
+            self.socket.flush().await?;
+        }
+        Ok(None)
+    }
+
+    async fn handle_incoming(
+        &mut self,
+        incoming: Option<Result<Message, axum::Error>>,
+    ) -> Result<Option<Ending>, axum::Error> {
+        let message = match incoming {
+            None => return Ok(Some(Ending::Gone)),
+            Some(Ok(message)) => message,
+            Some(Err(err)) => return Ok(Some(socket_error_ending(&err))),
+        };
+        self.last_heard = Instant::now();
+        self.peer.counters.frames_in.fetch_add(1, Ordering::Relaxed);
+        match message {
+            Message::Binary(data) => {
+                self.peer
+                    .counters
+                    .bytes_in
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.handle_frame(data).await
+            }
+            Message::Text(_) => Ok(Some(Ending::Close(
+                CloseCode::UnsupportedData,
+                "text frames are not supported: send binary MessagePack frames".into(),
+            ))),
+            Message::Ping(_) | Message::Pong(_) => Ok(None),
+            Message::Close(_) => {
+                // tungstenite queued the close reply; flushing sends it.
+                let _ = self.socket.flush().await;
+                Ok(Some(Ending::Gone))
+            }
+        }
+    }
+
+    async fn handle_frame(&mut self, data: Bytes) -> Result<Option<Ending>, axum::Error> {
+        let max_inflated = self.broker.config().limits.max_inflated_size.as_u64() as usize;
+        let body = match frame::open(&data, max_inflated) {
+            Ok(body) => body,
+            Err(DecodeError::InflateLimit { limit }) => {
+                return Ok(Some(Ending::Close(
+                    CloseCode::MessageTooBig,
+                    format!("frame inflates past {limit} bytes"),
+                )));
+            }
+            Err(err) => {
+                self.error(None, ErrorCode::MalformedFrame, err.to_string())
+                    .await?;
+                return Ok(None);
+            }
+        };
+        match ClientMessage::decode(&body) {
+            Ok(request) => self.handle_request(request).await,
+            Err(MessageError { id, error }) => {
+                self.error(id, decode_error_code(&error), error.to_string())
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn handle_request(
+        &mut self,
+        request: ClientMessage,
+    ) -> Result<Option<Ending>, axum::Error> {
+        match request {
+            ClientMessage::Subscribe {
+                id,
+                topic,
+                position,
+            } => self.subscribe(id, &topic, position).await?,
+            ClientMessage::Unsubscribe { id, topic } => self.unsubscribe(id, &topic).await?,
+            ClientMessage::Publish {
+                id,
+                topic,
+                payload,
+                ack,
+            } => self.publish(id, &topic, &payload, ack).await?,
+            ClientMessage::Ping { id } => self.reply(&ServerMessage::Pong { id }).await?,
+            ClientMessage::Refresh { id, token } => self.refresh(id, &token).await?,
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: RequestId,
+        text: &str,
+        position: Option<Position>,
+    ) -> Result<(), axum::Error> {
+        let limits = &self.broker.config().limits;
+        let max_topic = limits.max_topic_length;
+        let max_subscriptions = limits.max_subscriptions;
+        let filter = match TopicFilter::parse(text, max_topic) {
+            Ok(filter) => filter,
+            Err(err) => {
+                return self
+                    .error(Some(id), ErrorCode::InvalidTopic, err.to_string())
+                    .await;
+            }
+        };
+        if !self.identity.permissions.may_subscribe(&filter) {
+            return self
+                .error(
+                    Some(id),
+                    ErrorCode::Forbidden,
+                    format!("the token does not allow subscribing to `{filter}`"),
+                )
+                .await;
+        }
+        if self.held.contains_key(&filter) {
+            return self
+                .error(
+                    Some(id),
+                    ErrorCode::AlreadySubscribed,
+                    format!("already subscribed to `{filter}`"),
+                )
+                .await;
+        }
+        if self.held.len() >= max_subscriptions {
+            return self
+                .error(
+                    Some(id),
+                    ErrorCode::TooManySubscriptions,
+                    format!("at most {max_subscriptions} subscriptions per connection"),
+                )
+                .await;
+        }
+        if let Some(other) = self.held.keys().find(|held| held.overlaps(&filter)) {
+            let message = format!("`{filter}` overlaps the subscription `{other}`");
+            return self
+                .error(Some(id), ErrorCode::SubscriptionOverlaps, message)
+                .await;
+        }
+        let cancel = self.ended.child_token();
+        let topics = Arc::clone(self.broker.topics());
+        let (exact, mut reply) = match filter.as_exact() {
+            Some(topic) => {
+                let subscriber = Subscriber {
+                    peer: Arc::clone(&self.peer),
+                    cancel: cancel.clone(),
+                };
+                match topics.subscribe_exact(&topic, subscriber, position) {
+                    Ok(reply) => (Some(topic), reply),
+                    Err(SubscribeError::PositionUnsupported) => {
+                        return self
+                            .error(
+                                Some(id),
+                                ErrorCode::PositionUnsupported,
+                                format!("`{topic}` is not stored, so it has no positions"),
+                            )
+                            .await;
+                    }
+                    Err(SubscribeError::Storage(err)) => {
+                        tracing::warn!(cause = %err, "subscribe failed in the store");
+                        return self
+                            .error(Some(id), ErrorCode::StorageFailed, "history store failed")
+                            .await;
+                    }
+                }
+            }
+            None => {
+                if position.is_some() {
+                    return self
+                        .error(
+                            Some(id),
+                            ErrorCode::PositionUnsupported,
+                            "positions need an exact topic, not a wildcard filter",
+                        )
+                        .await;
+                }
+                topics.subscribe_wildcard(&filter, Arc::clone(&self.peer));
+                let reply = sockeye_protocol::Subscribed {
+                    id,
+                    topic: filter.to_string(),
+                    stored: false,
+                    epoch: 0,
+                    last_offset: 0,
+                    next_offset: 0,
+                    complete: true,
+                    gap: None,
+                    epoch_changed: false,
+                };
+                (None, reply)
+            }
+        };
+        reply.id = id;
+        self.peer
+            .subscriptions
+            .lock()
+            .expect("no code panics while holding subscriptions")
+            .push(filter.to_string());
+        self.held.insert(filter, Held { exact, cancel });
+        Stats::add(&self.broker.stats().subscriptions, 1);
+        self.reply(&ServerMessage::Subscribed(reply)).await
+    }
+
+    fn drop_subscription(&self, filter: &TopicFilter, held: &Held) {
+        held.cancel.cancel();
+        let topics = self.broker.topics();
+        match &held.exact {
+            Some(topic) => topics.unsubscribe_exact(topic, self.peer.id),
+            None => topics.unsubscribe_wildcard(filter, self.peer.id),
+        }
+        self.broker
+            .stats()
+            .subscriptions
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn unsubscribe(&mut self, id: RequestId, text: &str) -> Result<(), axum::Error> {
+        let max_topic = self.broker.config().limits.max_topic_length;
+        let filter = match TopicFilter::parse(text, max_topic) {
+            Ok(filter) => filter,
+            Err(err) => {
+                return self
+                    .error(Some(id), ErrorCode::InvalidTopic, err.to_string())
+                    .await;
+            }
+        };
+        let Some(held) = self.held.remove(&filter) else {
+            return self
+                .error(
+                    Some(id),
+                    ErrorCode::NotSubscribed,
+                    format!("not subscribed to `{filter}`"),
+                )
+                .await;
+        };
+        self.drop_subscription(&filter, &held);
+        self.peer
+            .subscriptions
+            .lock()
+            .expect("no code panics while holding subscriptions")
+            .retain(|held| held != filter.as_str());
+        self.reply(&ServerMessage::Unsubscribed {
+            id,
+            topic: filter.to_string(),
+        })
+        .await
+    }
+
+    async fn publish(
+        &mut self,
+        id: RequestId,
+        text: &str,
+        payload: &sockeye_protocol::Payload,
+        ack: bool,
+    ) -> Result<(), axum::Error> {
+        let max_topic = self.broker.config().limits.max_topic_length;
+        let topic = match TopicName::parse(text, max_topic) {
+            Ok(topic) => topic,
+            Err(err) => {
+                return self
+                    .error(Some(id), ErrorCode::InvalidTopic, err.to_string())
+                    .await;
+            }
+        };
+        if !self.identity.permissions.may_publish(&topic) {
+            return self
+                .error(
+                    Some(id),
+                    ErrorCode::Forbidden,
+                    format!("the token does not allow publishing to `{topic}`"),
+                )
+                .await;
+        }
+        if let Some(rate) = &self.rate
+            && rate.check().is_err()
+        {
+            Stats::add(&self.broker.stats().rate_limited, 1);
+            return self
+                .error(
+                    Some(id),
+                    ErrorCode::RateLimited,
+                    "publish rate limit exceeded",
+                )
+                .await;
+        }
+        let topics = Arc::clone(self.broker.topics());
+        let published = match topics.publish(&topic, payload, &self.identity.subject) {
+            Ok(published) => published,
+            Err(err) => {
+                tracing::warn!(cause = %err, "publish failed in the store");
+                return self
+                    .error(Some(id), ErrorCode::StorageFailed, "history store failed")
+                    .await;
+            }
+        };
+        self.peer.counters.published.fetch_add(1, Ordering::Relaxed);
+        if !ack {
+            return Ok(());
+        }
+        let reply = self.encode(&ServerMessage::Published {
+            id,
+            epoch: published.epoch,
+            offset: published.offset,
+        });
+        let store = self.broker.store();
+        match published.write {
+            Some(write) if write > store.acknowledged_through() => {
+                self.pending_acks.push_back((write, reply));
+                store.request_flush();
+                Ok(())
+            }
+            _ => self.feed(reply).await,
+        }
+    }
+
+    async fn refresh(&mut self, id: RequestId, token: &str) -> Result<(), axum::Error> {
+        let identity = match self.broker.authenticator().verify(token) {
+            Ok(identity) => identity,
+            Err(err) => {
+                self.broker.stats().auth_failed(&err);
+                return self
+                    .error(Some(id), ErrorCode::InvalidToken, err.to_string())
+                    .await;
+            }
+        };
+        if identity.subject != self.identity.subject {
+            return self
+                .error(
+                    Some(id),
+                    ErrorCode::SubjectMismatch,
+                    "the new token is for a different `sub`",
+                )
+                .await;
+        }
+        let expires_at = identity.expires_at.map(unix_ms);
+        self.identity = identity;
+        self.warned_expiry = false;
+        self.reply(&ServerMessage::Refreshed { id, expires_at })
+            .await
+    }
+
+    /// Sends the close frame (if any), waits briefly for the client's reply,
+    /// and releases everything the connection held.
+    async fn finish(mut self, ending: Ending) {
+        if let Ending::Close(code, reason) = ending {
+            tracing::debug!(code = code.code(), reason = %reason, "closing connection");
+            let close = Message::Close(Some(CloseFrame {
+                code: code.code(),
+                reason: reason.into(),
+            }));
+            let sent = tokio::time::timeout(CLOSE_REPLY_WAIT, self.socket.send(close)).await;
+            if matches!(sent, Ok(Ok(()))) {
+                // Read until the client's close reply ends the stream.
+                let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+                    while let Some(Ok(_)) = self.socket.next().await {}
+                })
+                .await;
+            }
+        }
+        self.ended.cancel();
+        for (filter, held) in std::mem::take(&mut self.held) {
+            self.drop_subscription(&filter, &held);
+        }
+        self.broker.unregister(self.peer.id);
+    }
+}
+
+fn socket_error_ending(err: &axum::Error) -> Ending {
+    use std::error::Error as _;
+    let source = err.source();
+    let tungstenite = source.and_then(|source| source.downcast_ref::<tungstenite::Error>());
+    match tungstenite {
+        Some(tungstenite::Error::Capacity(capacity)) => Ending::Close(
+            CloseCode::MessageTooBig,
+            format!("frame too large: {capacity}"),
+        ),
+        Some(tungstenite::Error::Protocol(protocol)) => {
+            Ending::Close(CloseCode::ProtocolError, protocol.to_string())
+        }
+        Some(tungstenite::Error::Utf8(_)) => {
+            Ending::Close(CloseCode::InvalidPayload, "invalid UTF-8".into())
+        }
+        _ => Ending::Gone,
+    }
+}
+
+async fn sleep_until_option(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,164 @@
+//! The shared half of a connection: what fan-out, replays and the admin API
+//! hold to reach a connection, without owning its socket.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use sockeye_protocol::CloseCode;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+
+/// A broker-unique connection id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Traffic counters of one connection.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    /// Frames received.
+    pub frames_in: AtomicU64,
+    /// Bytes received.
+    pub bytes_in: AtomicU64,
+    /// Frames sent.
+    pub frames_out: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Messages published.
+    pub published: AtomicU64,
+    /// Messages delivered.
+    pub delivered: AtomicU64,
+}
+
+/// The result of offering a frame to a peer without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued.
+    Queued,
+    /// The queue is full: the peer is a slow consumer.
+    Full,
+    /// The connection is gone.
+    Closed,
+}
+
+/// The shared half of one connection.
+#[derive(Debug)]
+pub struct Peer {
+    /// Broker-unique id.
+    pub id: ConnId,
+    /// The token's `sub`.
+    pub subject: String,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The `User-Agent` of the handshake, if any.
+    pub user_agent: Option<String>,
+    /// When the connection was accepted.
+    pub connected_at: SystemTime,
+    /// Traffic counters.
+    pub counters: PeerCounters,
+    /// The filters currently subscribed, for display.
+    pub subscriptions: Mutex<Vec<String>>,
+    outbox: mpsc::Sender<Bytes>,
+    close: CancellationToken,
+    close_reason: Mutex<Option<(CloseCode, String)>>,
+}
+
+impl Peer {
+    /// Creates the shared half and the receiving end of its outbound queue.
+    pub(crate) fn new(
+        id: ConnId,
+        subject: String,
+        remote: SocketAddr,
+        user_agent: Option<String>,
+        queue: usize,
+    ) -> (Self, mpsc::Receiver<Bytes>) {
+        let (outbox, inbox) = mpsc::channel(queue);
+        let peer = Self {
+            id,
+            subject,
+            remote,
+            user_agent,
+            connected_at: SystemTime::now(),
+            counters: PeerCounters::default(),
+            subscriptions: Mutex::new(Vec::new()),
+            outbox,
+            close: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+        };
+        (peer, inbox)
+    }
+
+    /// Offers a frame without waiting.
+    pub fn offer(&self, frame: Bytes) -> Offer {
+        match self.outbox.try_send(frame) {
+            Ok(()) => Offer::Queued,
+            Err(TrySendError::Full(_)) => Offer::Full,
+            Err(TrySendError::Closed(_)) => Offer::Closed,
+        }
+    }
+
+    /// Queues a frame, waiting for room. Fails only when the connection is
+    /// gone.
+    pub async fn send(&self, frame: Bytes) -> Result<(), ConnectionGone> {
+        self.outbox.send(frame).await.map_err(|_| ConnectionGone)
+    }
+
+    /// Frames waiting in the outbound queue.
+    pub fn queue_depth(&self) -> usize {
+        self.outbox.max_capacity() - self.outbox.capacity()
+    }
+
+    /// Asks the connection to close with `code`. The first reason wins.
+    pub fn close(&self, code: CloseCode, reason: impl Into<String>) {
+        {
+            let mut slot = self
+                .close_reason
+                .lock()
+                .expect("no code panics while holding close_reason");
+            if slot.is_none() {
+                *slot = Some((code, reason.into()));
+            }
+        }
+        self.close.cancel();
+    }
+
+    /// Resolves when [`Peer::close`] was called.
+    pub(crate) fn close_requested(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.close.cancelled()
+    }
+
+    /// True once [`Peer::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.close.is_cancelled()
+    }
+
+    /// The reason given to [`Peer::close`].
+    pub(crate) fn close_reason(&self) -> Option<(CloseCode, String)> {
+        self.close_reason
+            .lock()
+            .expect("no code panics while holding close_reason")
+            .clone()
+    }
+
+    /// Counts one delivery of `bytes`.
+    pub(crate) fn count_out(&self, bytes: usize) {
+        self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_out
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// The connection a frame was meant for has closed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the connection is gone")]
+pub struct ConnectionGone;
