@@ -29,6 +29,7 @@ pub(crate) const WAIT: Duration = Duration::from_secs(20);
 pub(crate) struct TestBroker {
     pub(crate) broker: Broker,
     pub(crate) addr: SocketAddr,
+    data_dir: std::path::PathBuf,
     _dir: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     served: Option<JoinHandle<std::io::Result<()>>>,
@@ -78,6 +79,7 @@ impl TestBroker {
         Self {
             broker,
             addr,
+            data_dir: data_dir.to_path_buf(),
             _dir: None,
             stop: Some(stop),
             served: Some(served),
@@ -98,6 +100,10 @@ impl TestBroker {
                 .unwrap();
         }
         self._dir.take()
+    }
+
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     pub(crate) fn url(&self) -> String {
