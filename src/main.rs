@@ -48,6 +48,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listen = config.server.listen;
         let data_dir = config.server.data_dir.clone();
         let broker = Broker::open(config).context("cannot start the broker")?;
+        #[cfg(unix)]
+        reload_tls_on_sighup(broker.clone())?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -60,6 +62,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("sockeye stopped");
         Ok(())
     })
+}
+
+/// Reloads the TLS certificate whenever the process gets SIGHUP.
+#[cfg(unix)]
+fn reload_tls_on_sighup(broker: Broker) -> anyhow::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match broker.reload_tls() {
+                Ok(()) if broker.tls().is_some() => tracing::info!("reloaded the TLS certificate"),
+                Ok(()) => tracing::info!("SIGHUP ignored: TLS is not configured"),
+                Err(err) => {
+                    tracing::error!(cause = %err, "TLS reload failed; keeping the current certificate")
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -39,6 +39,43 @@ pub struct Config {
     pub retention: Vec<RetentionRule>,
     /// Shutdown and drain.
     pub shutdown: ShutdownConfig,
+    /// TLS for the listeners (`wss://`).
+    pub tls: TlsConfig,
+}
+
+/// TLS settings. With `cert_file` and `key_file` set, the WebSocket
+/// listener speaks TLS only (`wss://`, `https://`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// How often the files are checked for changes (they are also reloaded
+    /// on SIGHUP).
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+    /// Serve the admin listener over TLS too, with the same certificate.
+    pub admin: bool,
+}
+
+impl TlsConfig {
+    /// True when a certificate and key are configured.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() && self.key_file.is_some()
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            watch_interval: Duration::from_secs(10),
+            admin: false,
+        }
+    }
 }
 
 /// Listener settings.
@@ -52,10 +89,26 @@ pub struct ServerConfig {
     /// Most WebSocket connections served at once; handshakes beyond get
     /// HTTP 503 with `Retry-After`.
     pub max_connections: usize,
-    /// Time a client has, from TCP accept, to send its complete upgrade
-    /// request.
+    /// Time a client has, from TCP accept, to finish the TLS handshake (if
+    /// any) and send its complete upgrade request.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Most WebSocket connections from one IP address (0: unlimited);
+    /// beyond it handshakes get HTTP 429. Behind a proxy every client shares
+    /// the proxy's address: raise it or set 0 there.
+    pub max_connections_per_ip: usize,
+    /// Handshakes accepted per second, across all clients (0: unlimited);
+    /// beyond it, and above `handshake_burst`, they get HTTP 503 before the
+    /// token is even verified.
+    pub handshake_rate: u64,
+    /// Handshakes allowed in a burst above `handshake_rate`.
+    pub handshake_burst: u64,
+    /// Browser origins allowed to open WebSockets. Empty (the default) allows
+    /// only the broker's own origin (the `Origin` host equals the `Host`
+    /// header); entries are exact origins (`https://app.example.com`),
+    /// subdomain patterns (`https://*.example.com`) or `*` for any. Requests
+    /// without an `Origin` header (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Admin API settings.
@@ -149,6 +202,10 @@ pub struct LimitsConfig {
     pub publish_rate: u64,
     /// Publishes allowed in a burst above the sustained rate.
     pub publish_burst: u64,
+    /// Sustained payload bytes per second one connection may publish
+    /// (0: unlimited); bursts up to one second's worth (at least one
+    /// maximum-size frame).
+    pub publish_bytes_rate: ByteSize,
     /// What happens to a subscriber whose outbound queue is full.
     pub slow_consumer: SlowConsumerPolicy,
 }
@@ -257,6 +314,10 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("sockeye-data"),
             max_connections: 10_000,
             handshake_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 1_000,
+            handshake_rate: 1_000,
+            handshake_burst: 2_000,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -301,6 +362,7 @@ impl Default for LimitsConfig {
             max_pending_acks: 1024,
             publish_rate: 50_000,
             publish_burst: 100_000,
+            publish_bytes_rate: ByteSize::mib(64),
             slow_consumer: SlowConsumerPolicy::CatchUp,
         }
     }
@@ -371,6 +433,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             retention: vec![RetentionRule::default()],
             shutdown: ShutdownConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -419,6 +482,32 @@ impl Config {
                 "limits.publish_burst",
                 "must be at least 1 when publish_rate is set",
             ));
+        }
+        if self.server.handshake_rate > 0 && self.server.handshake_burst == 0 {
+            return Err(invalid(
+                "server.handshake_burst",
+                "must be at least 1 when handshake_rate is set",
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(invalid(
+                "tls.cert_file",
+                "set both cert_file and key_file, or neither",
+            ));
+        }
+        if self.tls.admin && !self.tls.enabled() {
+            return Err(invalid("tls.admin", "needs tls.cert_file and tls.key_file"));
+        }
+        if self.tls.watch_interval.is_zero() {
+            return Err(invalid("tls.watch_interval", "must be non-zero"));
+        }
+        for origin in &self.server.allowed_origins {
+            if origin != "*" && !origin.contains("://") {
+                return Err(invalid(
+                    "server.allowed_origins",
+                    format!("`{origin}` is not `*` or scheme://host[:port]"),
+                ));
+            }
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));

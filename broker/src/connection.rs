@@ -82,6 +82,8 @@ pub(crate) struct Session {
     pending_acks: VecDeque<(u64, Bytes)>,
     durable: watch::Receiver<u64>,
     rate: Option<DefaultDirectRateLimiter>,
+    /// Payload bytes per second.
+    byte_rate: Option<DefaultDirectRateLimiter>,
     last_heard: Instant,
     warned_expiry: bool,
     /// Cancelled when the session ends; parent of every subscription token.
@@ -131,6 +133,11 @@ impl Session {
     ) -> Self {
         let config = broker.config();
         let rate = rate_limiter(config.limits.publish_rate, config.limits.publish_burst);
+        let bytes_per_second = config.limits.publish_bytes_rate.as_u64();
+        let byte_rate = rate_limiter(
+            bytes_per_second,
+            bytes_per_second.max(config.limits.max_frame_size.as_u64()),
+        );
         let durable = broker.store().durable();
         let ended = broker.shutdown_token().child_token();
         Self {
@@ -143,6 +150,7 @@ impl Session {
             pending_acks: VecDeque::new(),
             durable,
             rate,
+            byte_rate,
             last_heard: Instant::now(),
             warned_expiry: false,
             ended,
@@ -622,6 +630,20 @@ impl Session {
                     "publish rate limit exceeded",
                 )
                 .await;
+        }
+        if let Some(byte_rate) = &self.byte_rate {
+            let bytes = NonZeroU32::new(u32::try_from(payload.len()).unwrap_or(u32::MAX))
+                .unwrap_or(NonZeroU32::MIN);
+            if !matches!(byte_rate.check_n(bytes), Ok(Ok(()))) {
+                Stats::add(&self.broker.stats().bytes_rate_limited, 1);
+                return self
+                    .error(
+                        Some(id),
+                        ErrorCode::RateLimited,
+                        "publish byte-rate limit exceeded",
+                    )
+                    .await;
+            }
         }
         let topics = Arc::clone(self.broker.topics());
         let published = match topics.publish(&topic, payload, &self.identity.subject) {

@@ -36,11 +36,12 @@ mod replay;
 mod server;
 pub mod stats;
 pub mod store;
+pub mod tls;
 pub mod topics;
 mod wildcard;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,6 +56,7 @@ use tokio_util::task::TaskTracker;
 pub use crate::auth::{Authenticator, Claims, Identity};
 pub use crate::config::Config;
 pub use crate::peer::{ConnId, Peer};
+pub use crate::server::{HttpOptions, serve_http};
 pub use crate::stats::Stats;
 pub use crate::store::{Store, StoreError};
 pub use crate::topics::{TopicInfo, Topics};
@@ -72,6 +74,9 @@ pub enum BrokerError {
     /// The history store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Why a publish made through [`Broker::publish`] failed.
@@ -106,6 +111,12 @@ struct Inner {
     /// remove or copy out entries, never across an `.await`.
     peers: Mutex<HashMap<ConnId, Arc<Peer>>>,
     next_id: AtomicU64,
+    /// WebSocket connections per client IP, for `max_connections_per_ip`.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The global handshake rate limit, if any.
+    handshakes: Option<governor::DefaultDirectRateLimiter>,
+    /// The listener's TLS identity, when TLS is configured.
+    tls: Option<Arc<tls::TlsReloader>>,
     draining: AtomicBool,
     /// Cancelled at the end of shutdown; stops background tasks.
     shutdown: CancellationToken,
@@ -149,6 +160,28 @@ impl Broker {
             tasks.clone(),
         )?);
         let shutdown = CancellationToken::new();
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(Arc::new(tls::TlsReloader::load(cert, key)?)),
+            _ => None,
+        };
+        if let Some(tls) = &tls {
+            tasks.spawn(watch_tls(
+                Arc::clone(tls),
+                config.tls.watch_interval,
+                shutdown.clone(),
+            ));
+        }
+        let handshakes = (config.server.handshake_rate > 0)
+            .then(|| {
+                let period = Duration::from_secs_f64(1.0 / config.server.handshake_rate as f64);
+                let burst = std::num::NonZeroU32::new(
+                    u32::try_from(config.server.handshake_burst).unwrap_or(u32::MAX),
+                )
+                .unwrap_or(std::num::NonZeroU32::MIN);
+                governor::Quota::with_period(period)
+                    .map(|quota| governor::RateLimiter::direct(quota.allow_burst(burst)))
+            })
+            .flatten();
         tasks.spawn(Arc::clone(&store).run_flusher(shutdown.clone()));
         tasks.spawn(run_trimmer(
             Arc::clone(&topics),
@@ -164,6 +197,9 @@ impl Broker {
                 stats,
                 peers: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
+                per_ip: Mutex::new(HashMap::new()),
+                handshakes,
+                tls,
                 draining: AtomicBool::new(false),
                 shutdown,
                 tasks,
@@ -215,6 +251,60 @@ impl Broker {
         &self.inner.stats
     }
 
+    /// The listener's TLS identity, when TLS is configured.
+    pub fn tls(&self) -> Option<&Arc<tls::TlsReloader>> {
+        self.inner.tls.as_ref()
+    }
+
+    /// Reloads the TLS certificate and key from their files (on SIGHUP).
+    /// On error the current certificate stays in use.
+    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        match &self.inner.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes one token from the handshake rate limit.
+    pub(crate) fn admit_handshake(&self) -> bool {
+        self.inner
+            .handshakes
+            .as_ref()
+            .is_none_or(|limiter| limiter.check().is_ok())
+    }
+
+    /// Claims a connection slot for `ip`; false if it holds the maximum.
+    pub(crate) fn claim_ip_slot(&self, ip: IpAddr) -> bool {
+        let max = self.inner.config.server.max_connections_per_ip;
+        let mut per_ip = self.per_ip();
+        let held = per_ip.entry(ip).or_insert(0);
+        if max > 0 && *held >= max {
+            if *held == 0 {
+                per_ip.remove(&ip);
+            }
+            return false;
+        }
+        *held += 1;
+        true
+    }
+
+    fn release_ip_slot(&self, ip: IpAddr) {
+        let mut per_ip = self.per_ip();
+        if let Some(held) = per_ip.get_mut(&ip) {
+            *held -= 1;
+            if *held == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    fn per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.inner
+            .per_ip
+            .lock()
+            .expect("no code panics while holding the per-IP map")
+    }
+
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
     }
@@ -255,7 +345,9 @@ impl Broker {
     }
 
     pub(crate) fn unregister(&self, id: ConnId) {
-        if self.peers().remove(&id).is_some() {
+        let removed = self.peers().remove(&id);
+        if let Some(peer) = removed {
+            self.release_ip_slot(peer.remote.ip());
             self.inner.stats.connections.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -340,6 +432,24 @@ impl Broker {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.inner.tasks.wait()).await;
+    }
+}
+
+async fn watch_tls(tls: Arc<tls::TlsReloader>, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match tls.reload_if_changed() {
+            Ok(true) => tracing::info!("reloaded the TLS certificate after its files changed"),
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(cause = %err, "TLS files changed but do not load; keeping the current certificate");
+            }
+        }
     }
 }
 

@@ -58,6 +58,19 @@ async fn upgrade(
 ) -> Response {
     let started = Instant::now();
     let stats = Arc::clone(broker.stats());
+    let config = Arc::clone(broker.config());
+    if let Err(origin) = check_origin(&headers, &config.server.allowed_origins) {
+        Stats::add(&stats.origin_refused, 1);
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            format!("origin `{origin}` may not open WebSockets here"),
+        );
+    }
+    if !broker.admit_handshake() {
+        Stats::add(&stats.handshake_rate_refused, 1);
+        return unavailable("too many handshakes per second", 1);
+    }
     let Some(token) = token_from_request(&headers, &query) else {
         let error = crate::auth::AuthError::Missing;
         stats.auth_failed(&error);
@@ -74,13 +87,29 @@ async fn upgrade(
     if broker.is_draining() {
         return unavailable("the broker is shutting down", 5);
     }
-    let config = Arc::clone(broker.config());
     // Admission control: count the connection now; the session releases it.
     let open = stats.connections.fetch_add(1, Ordering::AcqRel);
     if open >= config.server.max_connections as u64 {
         stats.connections.fetch_sub(1, Ordering::AcqRel);
         Stats::add(&stats.connections_refused, 1);
         return unavailable("the broker is at its connection limit", 1);
+    }
+    if !broker.claim_ip_slot(remote.ip()) {
+        stats.connections.fetch_sub(1, Ordering::AcqRel);
+        Stats::add(&stats.per_ip_refused, 1);
+        let mut response = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections_from_ip",
+            format!(
+                "{} already holds {} connections",
+                remote.ip(),
+                config.server.max_connections_per_ip
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(5u64));
+        return response;
     }
     Stats::add(&stats.connections_total, 1);
     let user_agent = headers
@@ -125,6 +154,52 @@ async fn upgrade(
     response
 }
 
+/// Checks a browser's `Origin` against the allow-list; `Err` carries the
+/// refused origin. Requests without `Origin` are not from a browser page and
+/// pass.
+fn check_origin<'a>(headers: &'a HeaderMap, allowed: &[String]) -> Result<(), &'a str> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().map_err(|_| "(not text)")?;
+    let allowed_here = if allowed.is_empty() {
+        // Same origin only: the origin's host[:port] is the Host we serve.
+        let host = headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok());
+        let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+        host.is_some() && origin_host == host
+    } else {
+        allowed
+            .iter()
+            .any(|pattern| origin_matches(pattern, origin))
+    };
+    if allowed_here { Ok(()) } else { Err(origin) }
+}
+
+/// True if `origin` matches `pattern`: `*`, an exact origin, or
+/// `scheme://*.domain` for any subdomain of `domain`.
+fn origin_matches(pattern: &str, origin: &str) -> bool {
+    if pattern == "*" || pattern.eq_ignore_ascii_case(origin) {
+        return true;
+    }
+    let (Some((pattern_scheme, pattern_host)), Some((scheme, host))) =
+        (pattern.split_once("://"), origin.split_once("://"))
+    else {
+        return false;
+    };
+    match pattern_host.strip_prefix("*.") {
+        Some(domain) => {
+            pattern_scheme.eq_ignore_ascii_case(scheme)
+                && host.len() > domain.len() + 1
+                && host
+                    .to_ascii_lowercase()
+                    .ends_with(&format!(".{}", domain.to_ascii_lowercase()))
+        }
+        None => false,
+    }
+}
+
 fn unavailable(message: &str, retry_after_secs: u64) -> Response {
     let mut response = refuse(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -143,8 +218,51 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let router = router(broker.clone());
-    let handshake_timeout = broker.config().server.handshake_timeout;
+    let options = HttpOptions {
+        tls: broker.tls().map(|tls| tls.acceptor()),
+        handshake_timeout: broker.config().server.handshake_timeout,
+        stats: Some(Arc::clone(broker.stats())),
+    };
+    serve_http(listener, router(broker.clone()), options, shutdown).await;
+    tracing::info!("shutting down: closing connections with 1001");
+    broker.drain().await;
+    Ok(())
+}
+
+/// How [`serve_http`] serves connections.
+#[derive(Clone)]
+pub struct HttpOptions {
+    /// Speak TLS with this acceptor (its certificate can be swapped while
+    /// serving, see [`crate::tls::TlsReloader`]).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Time from accept to a complete request head (TLS handshake included).
+    pub handshake_timeout: Duration,
+    /// Where to count handshake timeouts and TLS failures.
+    pub stats: Option<Arc<Stats>>,
+}
+
+impl std::fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpOptions")
+            .field("tls", &self.tls.is_some())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves `router` on `listener` with HTTP/1.1 (upgrades allowed, each
+/// client bounded by `handshake_timeout` to send its request head), over TLS
+/// when configured, until `shutdown` resolves. Then it stops accepting and
+/// gives in-flight requests a second to finish. Upgraded connections are
+/// not waited for: their owner drains them.
+///
+/// Requests carry `ConnectInfo<SocketAddr>` with the client's address.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    options: HttpOptions,
+    shutdown: impl Future<Output = ()>,
+) {
     let http_tasks = tokio_util::task::TaskTracker::new();
     let stop_http = tokio_util::sync::CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -176,36 +294,90 @@ pub(crate) async fn serve(
                     request
                 });
         let stop = stop_http.clone();
+        let options = options.clone();
         http_tasks.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(handshake_timeout)
-                .keep_alive(true);
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                .with_upgrades();
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(err) = result {
-                        tracing::debug!(%remote, cause = %err, "http connection ended");
-                    }
+            let count = |pick: fn(&Stats) -> &std::sync::atomic::AtomicU64| {
+                if let Some(stats) = &options.stats {
+                    Stats::add(pick(stats), 1);
                 }
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+            };
+            let started = tokio::time::Instant::now();
+            match options.tls.clone() {
+                None => serve_connection(stream, service, &options, stop, count).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            let remaining = options
+                                .handshake_timeout
+                                .saturating_sub(started.elapsed())
+                                .max(Duration::from_millis(1));
+                            let options = HttpOptions {
+                                handshake_timeout: remaining,
+                                ..options.clone()
+                            };
+                            serve_connection(tls, service, &options, stop, count).await;
+                        }
+                        Ok(Err(err)) => {
+                            count(|stats| &stats.tls_failures);
+                            tracing::debug!(%remote, cause = %err, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            count(|stats| &stats.handshake_timeouts);
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                        }
+                    }
                 }
             }
         });
     }
     drop(listener);
-    tracing::info!("shutting down: closing connections with 1001");
     stop_http.cancel();
     http_tasks.close();
-    broker.drain().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), http_tasks.wait()).await;
-    Ok(())
+}
+
+async fn serve_connection<I, S>(
+    io: I,
+    service: S,
+    options: &HttpOptions,
+    stop: tokio_util::sync::CancellationToken,
+    count: impl Fn(fn(&Stats) -> &std::sync::atomic::AtomicU64),
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.handshake_timeout)
+        .keep_alive(true);
+    let connection = builder
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(err) = result {
+                if err.is_timeout() {
+                    count(|stats| &stats.handshake_timeouts);
+                }
+                tracing::debug!(cause = %err, "http connection ended");
+            }
+        }
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+        }
+    }
 }
 
 /// A reconnect delay for one client, spread uniformly over `spread`.
@@ -221,3 +393,55 @@ pub(crate) fn reconnect_hint(spread: Duration) -> String {
 
 /// The close code used for draining.
 pub(crate) const DRAIN_CODE: CloseCode = CloseCode::GoingAway;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_patterns_match_exactly_or_by_subdomain() {
+        assert!(origin_matches("*", "https://evil.example"));
+        assert!(origin_matches(
+            "https://app.example.com",
+            "https://app.example.com"
+        ));
+        assert!(!origin_matches(
+            "https://app.example.com",
+            "http://app.example.com"
+        ));
+        assert!(origin_matches(
+            "https://*.example.com",
+            "https://a.b.example.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            "https://example.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            "https://evilexample.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            "http://a.example.com"
+        ));
+    }
+
+    #[test]
+    fn without_an_allow_list_only_the_same_origin_passes() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("broker:8080"));
+        assert!(
+            check_origin(&headers, &[]).is_ok(),
+            "no Origin: not a browser"
+        );
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://broker:8080"),
+        );
+        assert!(check_origin(&headers, &[]).is_ok());
+        headers.insert(header::ORIGIN, HeaderValue::from_static("http://evil:8080"));
+        assert_eq!(check_origin(&headers, &[]), Err("http://evil:8080"));
+        assert!(check_origin(&headers, &["http://evil:8080".into()]).is_ok());
+    }
+}

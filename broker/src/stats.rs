@@ -86,6 +86,19 @@ pub struct Stats {
     pub connections_total: AtomicU64,
     /// Handshakes refused because of the connection limit.
     pub connections_refused: AtomicU64,
+    /// Handshakes refused because their IP holds too many connections.
+    pub per_ip_refused: AtomicU64,
+    /// Handshakes refused by the handshake rate limit.
+    pub handshake_rate_refused: AtomicU64,
+    /// Handshakes refused because of their `Origin`.
+    pub origin_refused: AtomicU64,
+    /// TCP connections closed for not finishing the TLS handshake or the
+    /// upgrade request in time.
+    pub handshake_timeouts: AtomicU64,
+    /// TLS handshakes that failed.
+    pub tls_failures: AtomicU64,
+    /// Publishes refused by the byte-rate limit.
+    pub bytes_rate_limited: AtomicU64,
     /// Subscriptions held now.
     pub subscriptions: AtomicU64,
     /// Messages published.
@@ -122,6 +135,12 @@ impl Default for Stats {
             connections: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            per_ip_refused: AtomicU64::new(0),
+            handshake_rate_refused: AtomicU64::new(0),
+            origin_refused: AtomicU64::new(0),
+            handshake_timeouts: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
+            bytes_rate_limited: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),

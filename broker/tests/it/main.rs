@@ -8,4 +8,5 @@ mod handshake;
 mod history;
 mod lifecycle;
 mod pubsub;
+mod security;
 mod support;

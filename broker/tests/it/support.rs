@@ -254,6 +254,26 @@ impl Client {
         }
     }
 
+    /// Wraps a socket whose welcome was already read.
+    pub(crate) fn from_socket(ws: Socket) -> Self {
+        Self {
+            ws,
+            welcome: Welcome {
+                connection_id: String::new(),
+                version: 1,
+                subject: String::new(),
+                heartbeat_interval_ms: 0,
+                heartbeat_timeout_ms: 0,
+                token_expires_at: None,
+                limits: sockeye_broker::Config::default().wire_limits(),
+            },
+            selected_protocol: None,
+            next_id: 1,
+            pending: VecDeque::new(),
+            compression: Compression::default(),
+        }
+    }
+
     pub(crate) fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
