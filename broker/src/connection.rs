@@ -161,12 +161,19 @@ impl Session {
         message.encode_frame(&self.broker.topics().compression)
     }
 
-    /// Writes one frame to the socket buffer (no flush).
-    async fn feed(&mut self, frame: Bytes) -> Result<(), axum::Error> {
+    /// Writes one frame to the socket buffer (no flush) and returns its
+    /// length; callers count the bytes, once per batch, in the shared stats.
+    async fn feed_uncounted(&mut self, frame: Bytes) -> Result<u64, axum::Error> {
         let len = frame.len();
         self.socket.feed(Message::Binary(frame)).await?;
         self.peer.count_out(len);
-        Stats::add(&self.broker.stats().bytes_out, len as u64);
+        Ok(len as u64)
+    }
+
+    /// Writes one frame to the socket buffer (no flush).
+    async fn feed(&mut self, frame: Bytes) -> Result<(), axum::Error> {
+        let len = self.feed_uncounted(frame).await?;
+        Stats::add(&self.broker.stats().bytes_out, len);
         Ok(())
     }
 
@@ -297,13 +304,16 @@ impl Session {
     /// Writes `first` and whatever else is queued (up to a batch), then
     /// flushes once.
     async fn write_queued(&mut self, first: Bytes) -> Result<Option<Ending>, axum::Error> {
-        self.feed(first).await?;
+        // The shared byte counter is touched once per batch, not per frame:
+        // it is one cache line contended by every connection.
+        let mut bytes = self.feed_uncounted(first).await?;
         for _ in 1..DRAIN_BATCH {
             match self.inbox.try_recv() {
-                Ok(frame) => self.feed(frame).await?,
+                Ok(frame) => bytes += self.feed_uncounted(frame).await?,
                 Err(_) => break,
             }
         }
+        Stats::add(&self.broker.stats().bytes_out, bytes);
         self.socket.flush().await?;
         Ok(None)
     }
