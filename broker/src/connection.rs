@@ -229,8 +229,10 @@ impl Session {
         let max_pending = config.limits.max_pending_acks;
         loop {
             let expiry = self.next_expiry_event(config.auth.expiry_warning);
+            // Unbiased on purpose: a connection that receives a steady stream
+            // of deliveries must still get its socket read (pongs, requests),
+            // or it would starve into a heartbeat timeout.
             let event = tokio::select! {
-                biased;
                 () = self.peer.close_requested() => {
                     let (code, reason) = self
                         .peer
