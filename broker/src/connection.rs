@@ -217,7 +217,7 @@ impl Session {
             },
             Err(_) => Ending::Gone,
         };
-        self.finish(ending).await;
+        Box::pin(self.finish(ending)).await;
     }
 
     async fn serve(&mut self, config: &crate::Config) -> Ending {
@@ -258,7 +258,10 @@ impl Session {
             };
             // Every write is bounded by the heartbeat timeout, so a client
             // that stops reading cannot pin this task (or its close) forever.
-            match tokio::time::timeout(config.heartbeat.timeout, self.handle_event(event, config))
+            // Boxed, so the event handlers' futures take memory only while one
+            // runs instead of enlarging every idle connection's task.
+            let handled = Box::pin(self.handle_event(event, config));
+            match tokio::time::timeout(config.heartbeat.timeout, handled)
                 .await
             {
                 Ok(Ok(None)) => {}
