@@ -104,7 +104,10 @@ mod tests {
             assert_eq!(ceiling, expected, "attempt {attempt}");
             for _ in 0..200 {
                 let delay = backoff.delay(attempt, &mut rng);
-                assert!(delay <= ceiling, "attempt {attempt}: {delay:?} > {ceiling:?}");
+                assert!(
+                    delay <= ceiling,
+                    "attempt {attempt}: {delay:?} > {ceiling:?}"
+                );
             }
         }
     }
@@ -152,6 +155,9 @@ mod tests {
         assert_eq!(shrinking.ceiling(5), Duration::from_millis(10));
         let inverted = Backoff::new(Duration::from_secs(10), Duration::from_secs(1));
         assert_eq!(inverted.ceiling(0), Duration::from_secs(1));
-        assert_eq!(Backoff::default().ceiling(u32::MAX), Duration::from_secs(30));
+        assert_eq!(
+            Backoff::default().ceiling(u32::MAX),
+            Duration::from_secs(30)
+        );
     }
 }

@@ -290,7 +290,8 @@ impl Driver {
                                 ) => backoff.delay(BACKOFF_FLOOR_AFTER_PENALTY, &mut rand::rng()),
                                 _ => backoff.delay(0, &mut rand::rng()),
                             });
-                            cause = format!("the broker closed the connection with {code} ({reason})");
+                            cause =
+                                format!("the broker closed the connection with {code} ({reason})");
                         }
                     }
                 }
@@ -345,7 +346,10 @@ impl Driver {
     /// Serves one connection until it ends.
     async fn session(&mut self, ws: WsStream, welcome: Welcome) -> SessionEnd {
         if welcome.version != PROTOCOL_VERSION {
-            tracing::warn!(version = welcome.version, "broker speaks another protocol version");
+            tracing::warn!(
+                version = welcome.version,
+                "broker speaks another protocol version"
+            );
         }
         let (sink, mut stream) = ws.split();
         let (out_tx, out_rx) = mpsc::channel(WRITER_QUEUE);
@@ -714,12 +718,14 @@ impl Driver {
                 return Flow::BrokerClosed { code, reason };
             }
             WsMessage::Text(_) => {
-                return Flow::Lost("the broker sent a text frame, which the protocol never does".into());
+                return Flow::Lost(
+                    "the broker sent a text frame, which the protocol never does".into(),
+                );
             }
             WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => return Flow::Continue,
         };
-        let decoded = frame::open(&data, conn.max_inflated)
-            .and_then(|body| ServerMessage::decode(&body));
+        let decoded =
+            frame::open(&data, conn.max_inflated).and_then(|body| ServerMessage::decode(&body));
         match decoded {
             Ok(message) => {
                 self.on_message(conn, message);
@@ -948,7 +954,13 @@ impl Driver {
         }
     }
 
-    fn on_subscribe_error(&mut self, conn: &mut Conn, key: SubKey, code: ErrorCode, message: String) {
+    fn on_subscribe_error(
+        &mut self,
+        conn: &mut Conn,
+        key: SubKey,
+        code: ErrorCode,
+        message: String,
+    ) {
         let Some(sub) = self.subs.get_mut(&key) else {
             return;
         };
@@ -1014,12 +1026,11 @@ async fn open_connection(url: &str, source: &TokenSource, config: &ClientConfig)
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(config.max_inbound_bytes))
         .max_frame_size(Some(config.max_inbound_bytes));
-    let mut ws = match tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
-        .await
-    {
-        Ok((ws, _response)) => ws,
-        Err(err) => return handshake_failure(err, source.can_refresh()),
-    };
+    let mut ws =
+        match tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true).await {
+            Ok((ws, _response)) => ws,
+            Err(err) => return handshake_failure(err, source.can_refresh()),
+        };
     loop {
         let message = match ws.next().await {
             None => {

@@ -69,7 +69,9 @@ pub enum Error {
     /// The connection was lost after the request was sent and before its
     /// reply arrived. For a publish, the message may or may not have been
     /// stored: the SDK does not resend it, so it is never stored twice.
-    #[error("the connection was lost before the broker replied; the request may or may not have taken effect")]
+    #[error(
+        "the connection was lost before the broker replied; the request may or may not have taken effect"
+    )]
     ConnectionLost,
     /// No reply within [`ClientConfig::request_timeout`](crate::ClientConfig::request_timeout)
     /// (this includes time spent waiting for a connection). Like
@@ -150,7 +152,10 @@ impl fmt::Display for CloseReason {
                 write!(f, "the broker closed the connection with {code} ({reason})")
             }
             CloseReason::HandshakeRejected { status, body } => {
-                write!(f, "the broker refused the handshake with HTTP {status}: {body}")
+                write!(
+                    f,
+                    "the broker refused the handshake with HTTP {status}: {body}"
+                )
             }
             CloseReason::GaveUp {
                 attempts,

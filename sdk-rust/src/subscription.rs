@@ -125,10 +125,19 @@ impl SubscribeOptions {
 #[derive(Debug)]
 pub(crate) enum Item {
     Message(Delivery),
-    Gap { topic: String, gap: Gap },
-    EpochChanged { topic: String, epoch: u64, next_offset: u64 },
+    Gap {
+        topic: String,
+        gap: Gap,
+    },
+    EpochChanged {
+        topic: String,
+        epoch: u64,
+        next_offset: u64,
+    },
     Interrupted,
-    Lagged { missed: u64 },
+    Lagged {
+        missed: u64,
+    },
     /// The subscription could not be made again after a reconnect; the
     /// stream ends after this.
     Failed(Error),
