@@ -124,10 +124,10 @@ async fn reconnect_delays_follow_the_backoff_schedule_and_attempts_are_bounded()
     let reason = loop {
         let current = state.borrow_and_update().clone();
         match current {
-            ConnectionState::Reconnecting { attempt, delay, .. } => {
-                if delays.last().map(|(seen, _)| *seen) != Some(attempt) {
-                    delays.push((attempt, delay));
-                }
+            ConnectionState::Reconnecting { attempt, delay, .. }
+                if delays.last().map(|(seen, _)| *seen) != Some(attempt) =>
+            {
+                delays.push((attempt, delay));
             }
             ConnectionState::Closed { reason } => break reason,
             _ => {}

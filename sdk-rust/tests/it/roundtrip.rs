@@ -34,7 +34,7 @@ fn order(id: u64) -> Order {
         symbol: "SOCK".into(),
         quantity: -7,
         price: 12.5,
-        side: if id % 2 == 0 {
+        side: if id.is_multiple_of(2) {
             Side::Buy
         } else {
             Side::Sell {
@@ -42,7 +42,7 @@ fn order(id: u64) -> Order {
             }
         },
         tags: vec!["a".into(), "ünïcødé".into()],
-        note: (id % 3 == 0).then(|| "every third".into()),
+        note: id.is_multiple_of(3).then(|| "every third".into()),
         signature: vec![0, 1, 2, 255],
         attributes: BTreeMap::from([("x".into(), 1), ("y".into(), u32::MAX)]),
     }
