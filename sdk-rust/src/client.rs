@@ -219,19 +219,23 @@ impl ClientBuilder {
 
     /// Starts the client without waiting: it connects in the background,
     /// and requests made meanwhile wait for the connection. Must be called
-    /// inside a tokio runtime.
+    /// inside a tokio runtime. Fails on a URL that is not `ws://` (TLS is
+    /// not supported yet) or when no token was given.
     pub fn build(self) -> Result<Client, Error> {
         let url = self.url;
-        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        if url.starts_with("wss://") {
             return Err(Error::InvalidUrl {
                 url,
-                reason: "the scheme must be ws:// (or wss://)".into(),
+                reason: "wss:// (TLS) is not supported by this version; use ws:// behind a TLS terminator or on a private network".into(),
             });
         }
-        let token = self.token.ok_or_else(|| Error::InvalidUrl {
-            url: url.clone(),
-            reason: "no token: call `token` or `token_provider` on the builder".into(),
-        })?;
+        if !url.starts_with("ws://") {
+            return Err(Error::InvalidUrl {
+                url,
+                reason: "the scheme must be ws://".into(),
+            });
+        }
+        let token = self.token.ok_or(Error::NoToken)?;
         let config = Arc::new(self.config);
         let (commands_tx, commands) = mpsc::channel(config.request_queue.max(1));
         // Each live subscription sends at most one drop notice, so this

@@ -59,6 +59,9 @@ const WRITE_BATCH: usize = 64;
 /// subscriptions, are always accepted).
 const OUTBOX_LIMIT: usize = 256;
 
+/// Sent in the handshake; operators see it in the admin API's connection list.
+const USER_AGENT: &str = concat!("sockeye-sdk-rust/", env!("CARGO_PKG_VERSION"));
+
 /// How long to wait for the socket to finish closing after a close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
@@ -1023,6 +1026,9 @@ async fn open_connection(url: &str, source: &TokenSource, config: &ClientConfig)
         header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(SUBPROTOCOL),
     );
+    request
+        .headers_mut()
+        .insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(config.max_inbound_bytes))
         .max_frame_size(Some(config.max_inbound_bytes));

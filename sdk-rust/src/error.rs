@@ -20,6 +20,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The builder was given no token and no token provider.
+    #[error("no token: call `token` or `token_provider` on the client builder")]
+    NoToken,
     /// A topic name or filter breaks the naming rules (checked before
     /// anything is sent).
     #[error("invalid topic `{topic}`")]

@@ -63,3 +63,92 @@ async fn requests_wait_for_the_connection_while_the_client_connects() {
     let stored = client.publish("early", &1u8).await.unwrap();
     assert_eq!(stored.offset, 1);
 }
+
+fn connection_id(client: &Client) -> sockeye_broker::ConnId {
+    match &*client.state().borrow() {
+        ConnectionState::Connected { connection_id, .. } => {
+            sockeye_broker::ConnId(connection_id.parse().unwrap())
+        }
+        other => panic!("not connected: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_kicked_client_comes_back_and_its_subscription_resumes() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.url(), broker.token("alice"))
+        .await
+        .unwrap();
+    let mut sub = client.subscribe::<u64>("kick.me").await.unwrap();
+    client.publish("kick.me", &1u64).await.unwrap();
+    let first = connection_id(&client);
+    let mut state = client.state();
+    state.mark_unchanged();
+    assert!(
+        broker
+            .broker
+            .disconnect(first, sockeye_protocol::CloseCode::Kicked, "maintenance")
+    );
+    state
+        .wait_for(|state| matches!(state, ConnectionState::Reconnecting { cause, .. } if cause.contains("4001")))
+        .await
+        .unwrap();
+    client.wait_connected().await.unwrap();
+    assert_ne!(connection_id(&client), first);
+    client.publish("kick.me", &2u64).await.unwrap();
+    assert_eq!(crate::next_message(&mut sub).await.value, 1);
+    assert_eq!(crate::next_message(&mut sub).await.value, 2);
+    // The handshake named the SDK.
+    let peer = broker.broker.connection(connection_id(&client)).unwrap();
+    assert!(
+        peer.user_agent
+            .as_deref()
+            .unwrap()
+            .starts_with("sockeye-sdk-rust/"),
+        "{:?}",
+        peer.user_agent
+    );
+}
+
+#[tokio::test]
+async fn a_close_code_that_forbids_reconnecting_closes_the_client() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.url(), broker.token("alice"))
+        .await
+        .unwrap();
+    let id = connection_id(&client);
+    broker
+        .broker
+        .disconnect(id, sockeye_protocol::CloseCode::PolicyViolation, "go away");
+    let mut state = client.state();
+    let closed = state
+        .wait_for(|state| matches!(state, ConnectionState::Closed { .. }))
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        closed,
+        ConnectionState::Closed {
+            reason: CloseReason::Broker {
+                code: 1008,
+                reason: "go away".into()
+            }
+        }
+    );
+}
+
+#[tokio::test]
+async fn builder_mistakes_are_reported_before_connecting() {
+    assert!(matches!(
+        Client::builder("http://127.0.0.1:1/ws").token("t").build(),
+        Err(Error::InvalidUrl { .. })
+    ));
+    assert!(matches!(
+        Client::builder("wss://127.0.0.1:1/ws").token("t").build(),
+        Err(Error::InvalidUrl { .. })
+    ));
+    assert!(matches!(
+        Client::builder("ws://127.0.0.1:1/ws").build(),
+        Err(Error::NoToken)
+    ));
+}
