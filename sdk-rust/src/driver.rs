@@ -376,6 +376,9 @@ impl Driver {
             connection_id: welcome.connection_id.clone(),
             subject: welcome.subject.clone(),
         });
+        // Subscribes whose caller gave up while disconnected are not resent.
+        self.subs
+            .retain(|_, sub| !sub.first.as_ref().is_some_and(oneshot::Sender::is_closed));
         let keys: Vec<SubKey> = self.subs.keys().copied().collect();
         for key in keys {
             self.send_subscribe(&mut conn, key);
