@@ -1,0 +1,44 @@
+//! Two pages of the browser chat, in headless Chromium driven by
+//! Playwright, exchange messages through a real broker.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../../sdk-rust/tests/it/support.rs"]
+mod support;
+
+use std::path::PathBuf;
+
+#[tokio::test]
+async fn two_browser_pages_chat_through_the_broker() {
+    let broker = support::TestBroker::start().await;
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../browser-chat/test/two-pages.mjs");
+    let output = tokio::process::Command::new("node")
+        .arg(script)
+        .env("SOCKEYE_URL", broker.url())
+        .env("SOCKEYE_TOPIC", "chat.lobby")
+        .env("TOKEN_ALICE", broker.token("alice"))
+        .env("TOKEN_BOB", broker.token("bob"))
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "the browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "bob saw: alice: hello bob",
+            "alice saw: bob: hi alice",
+            "bob saw a long message of 3000 characters",
+            "alice sees the history after a reload: 3 messages",
+        ]
+    );
+    // The broker stored what the pages published, under their token subjects.
+    let info = broker.broker.topics().info("chat.lobby").unwrap();
+    assert_eq!(info.last_offset, 3);
+}
