@@ -43,7 +43,11 @@ const server = createServer(async (request, response) => {
     response.writeHead(404).end();
   }
 });
-await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+// SITE_PORT lets the caller know the page's origin in advance, so the broker
+// can allow exactly that origin.
+await new Promise((resolve) =>
+  server.listen(Number(process.env.SITE_PORT ?? 0), "127.0.0.1", resolve),
+);
 const site = `http://127.0.0.1:${server.address().port}`;
 
 const browser = await chromium.launch({

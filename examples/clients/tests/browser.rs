@@ -10,13 +10,24 @@ use std::path::PathBuf;
 
 #[tokio::test]
 async fn two_browser_pages_chat_through_the_broker() {
-    let broker = support::TestBroker::start().await;
+    // The page is served from its own origin; the broker admits exactly it
+    // (by default it allows only its own origin).
+    let site_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let broker = support::TestBroker::start_with(|config| {
+        config.server.allowed_origins = vec![format!("http://127.0.0.1:{site_port}")];
+    })
+    .await;
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../browser-chat/test/two-pages.mjs");
     let output = tokio::process::Command::new("node")
         .arg(script)
         .env("SOCKEYE_URL", broker.url())
         .env("SOCKEYE_TOPIC", "chat.lobby")
+        .env("SITE_PORT", site_port.to_string())
         .env("TOKEN_ALICE", broker.token("alice"))
         .env("TOKEN_BOB", broker.token("bob"))
         .output()
