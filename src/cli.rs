@@ -41,6 +41,9 @@ pub(crate) struct ServeArgs {
     /// Address of the WebSocket listener.
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<SocketAddr>,
+    /// Address of the admin API listener (overrides `admin.listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) admin_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -50,6 +53,9 @@ impl ServeArgs {
         let mut overrides = Vec::new();
         if let Some(listen) = self.listen {
             overrides.push(("server.listen", listen.to_string()));
+        }
+        if let Some(listen) = self.admin_listen {
+            overrides.push(("admin.listen", listen.to_string()));
         }
         overrides
     }

@@ -1,6 +1,7 @@
 //! The `sockeye` binary: command line, configuration loading and wiring.
 //!
-//! - `sockeye serve`: runs the broker (and the admin API).
+//! - `sockeye serve`: runs the broker and, when `admin.enabled`, the admin
+//!   API on its own listener; both stop on SIGINT or SIGTERM.
 //! - `sockeye token`: prints a token signed with the configured key.
 //! - `sockeye config`: prints the default configuration file.
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use sockeye_broker::{Broker, Claims};
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, ServeArgs, TokenArgs};
 
@@ -47,18 +49,60 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listen = config.server.listen;
         let data_dir = config.server.data_dir.clone();
+        let admin = config.admin.clone();
+        let drain_timeout = config.shutdown.drain_timeout;
         let broker = Broker::open(config).context("cannot start the broker")?;
         #[cfg(unix)]
         reload_tls_on_sighup(broker.clone())?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let admin_listener = if admin.enabled {
+            let admin_listener = tokio::net::TcpListener::bind(admin.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} for the admin API", admin.listen))?;
+            Some(admin_listener)
+        } else {
+            None
+        };
+        // One shutdown for both listeners: a signal, or the broker stopping.
+        let shutdown = CancellationToken::new();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown_signal().await;
+                shutdown.cancel();
+            }
+        });
+        let admin_task = admin_listener.map(|admin_listener| {
+            tracing::info!(
+                listen = %admin_listener.local_addr().unwrap_or(admin.listen),
+                "sockeye is serving the admin API (Swagger UI at /docs)"
+            );
+            tokio::spawn(sockeye_admin::serve(
+                broker.clone(),
+                admin_listener,
+                shutdown.clone().cancelled_owned(),
+            ))
+        });
         tracing::info!(
             listen = %listener.local_addr().unwrap_or(listen),
             data_dir = %data_dir.display(),
             "sockeye is serving WebSocket clients at /ws"
         );
-        broker.serve(listener, shutdown_signal()).await?;
+        let served = broker
+            .serve(listener, shutdown.clone().cancelled_owned())
+            .await;
+        shutdown.cancel();
+        if let Some(admin_task) = admin_task {
+            match tokio::time::timeout(drain_timeout, admin_task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => tracing::warn!(cause = %err, "the admin API failed"),
+                Ok(Err(err)) => tracing::error!(cause = %err, "the admin API task panicked"),
+                Err(_) => tracing::warn!("admin requests did not finish in time"),
+            }
+        }
+        served?;
         tracing::info!("sockeye stopped");
         Ok(())
     })

@@ -1,0 +1,283 @@
+//! Prometheus metrics at `/metrics`, in the Prometheus text format 0.0.4.
+//!
+//! The broker counts with its own relaxed atomics ([`sockeye_broker::Stats`]);
+//! a `prometheus-client` [`Collector`] reads them at scrape time, so the hot
+//! path pays nothing for the exporter, and `prometheus-client` takes care of
+//! the format (names, `_total` suffixes, label escaping, histogram buckets).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use sockeye_broker::stats::Histogram;
+use sockeye_broker::{Broker, Stats};
+
+use crate::AppState;
+use crate::auth::AuthFailures;
+use crate::error::{ApiError, ErrorBody};
+
+/// The registry with the one collector of broker metrics.
+pub(crate) fn registry(broker: Broker, admin_auth_failures: Arc<AuthFailures>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(BrokerCollector {
+        broker,
+        admin_auth_failures,
+    }));
+    registry
+}
+
+/// Reads the broker's counters at each scrape.
+#[derive(Debug)]
+struct BrokerCollector {
+    broker: Broker,
+    admin_auth_failures: Arc<AuthFailures>,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge<T>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: T,
+) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<T>: EncodeMetric,
+{
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn histogram(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    histogram: &Histogram,
+) -> Result<(), std::fmt::Error> {
+    let snapshot = histogram.snapshot();
+    // The encoder wants per-bucket counts (it accumulates them itself) and
+    // an explicit +Inf bucket for observations above the last bound.
+    let mut buckets = Vec::with_capacity(snapshot.buckets.len() + 1);
+    let mut below = 0;
+    for (bound, cumulative) in &snapshot.buckets {
+        buckets.push((*bound, cumulative - below));
+        below = *cumulative;
+    }
+    buckets.push((f64::INFINITY, snapshot.count.saturating_sub(below)));
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    metric.encode_histogram::<NoLabelSet>(snapshot.sum_seconds, snapshot.count, &buckets, None)
+}
+
+fn labelled_counters<'a>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: impl Iterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, count) in values {
+        let labels = [(label, value)];
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for BrokerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let broker = &self.broker;
+        let stats = broker.stats();
+        let topics = broker.topics();
+        let e = &mut encoder;
+        gauge(
+            e,
+            "sockeye_uptime_seconds",
+            "Seconds since the broker started.",
+            Instant::now().duration_since(stats.started).as_secs_f64(),
+        )?;
+        gauge(
+            e,
+            "sockeye_connections",
+            "WebSocket connections open now.",
+            broker.connection_count() as u64,
+        )?;
+        counter(
+            e,
+            "sockeye_connections_accepted",
+            "WebSocket connections accepted.",
+            Stats::get(&stats.connections_total),
+        )?;
+        counter(
+            e,
+            "sockeye_connections_refused",
+            "WebSocket handshakes refused at the connection limit.",
+            Stats::get(&stats.connections_refused),
+        )?;
+        gauge(
+            e,
+            "sockeye_subscriptions",
+            "Subscriptions held now (exact and wildcard).",
+            topics.subscriptions(),
+        )?;
+        gauge(
+            e,
+            "sockeye_wildcard_subscriptions",
+            "Wildcard subscriptions held now.",
+            topics.wildcard_subscriptions() as u64,
+        )?;
+        gauge(
+            e,
+            "sockeye_topics",
+            "Topics with state (stored, or live with subscribers).",
+            topics.len() as u64,
+        )?;
+        counter(
+            e,
+            "sockeye_messages_in",
+            "Messages published.",
+            Stats::get(&stats.messages_in),
+        )?;
+        counter(
+            e,
+            "sockeye_bytes_in",
+            "Payload bytes published.",
+            Stats::get(&stats.bytes_in),
+        )?;
+        counter(
+            e,
+            "sockeye_deliveries",
+            "Message frames queued to subscribers, live and replayed.",
+            Stats::get(&stats.deliveries),
+        )?;
+        counter(
+            e,
+            "sockeye_bytes_out",
+            "Bytes written to WebSockets.",
+            Stats::get(&stats.bytes_out),
+        )?;
+        counter(
+            e,
+            "sockeye_replayed_messages",
+            "Messages replayed from the store.",
+            Stats::get(&stats.replayed),
+        )?;
+        counter(
+            e,
+            "sockeye_slow_consumer_catch_ups",
+            "Subscribers switched to catching up from the store.",
+            Stats::get(&stats.slow_consumer_catch_ups),
+        )?;
+        counter(
+            e,
+            "sockeye_slow_consumer_disconnects",
+            "Subscribers disconnected as slow consumers (close 4002).",
+            Stats::get(&stats.slow_consumer_disconnects),
+        )?;
+        counter(
+            e,
+            "sockeye_rate_limited_publishes",
+            "Publishes refused by the per-connection rate limit.",
+            Stats::get(&stats.rate_limited),
+        )?;
+        counter(
+            e,
+            "sockeye_error_replies",
+            "Error replies sent to clients.",
+            Stats::get(&stats.error_replies),
+        )?;
+        labelled_counters(
+            e,
+            "sockeye_auth_failures",
+            "WebSocket handshakes refused, by reason.",
+            "reason",
+            crate::stats::auth_failures(stats),
+        )?;
+        let admin_failures = self.admin_auth_failures.snapshot();
+        labelled_counters(
+            e,
+            "sockeye_admin_auth_failures",
+            "Admin API requests refused with 401 or 403, by reason.",
+            "reason",
+            admin_failures.iter().map(|(code, count)| (*code, *count)),
+        )?;
+        gauge(
+            e,
+            "sockeye_store_size_bytes",
+            "Bytes the history store occupies on disk.",
+            broker.store().size_on_disk(),
+        )?;
+        if let Some(bytes) = crate::stats::resident_memory_bytes() {
+            gauge(
+                e,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                bytes,
+            )?;
+        }
+        histogram(
+            e,
+            "sockeye_handshake_duration_seconds",
+            "Time from a WebSocket upgrade request to its 101 response.",
+            &stats.handshake_latency,
+        )?;
+        histogram(
+            e,
+            "sockeye_publish_to_deliver_seconds",
+            "Time from a publish being accepted to its frame being queued to every live subscriber.",
+            &stats.fanout_latency,
+        )?;
+        Ok(())
+    }
+}
+
+/// Prometheus metrics.
+///
+/// The Prometheus text format 0.0.4. Needs the same credentials as the
+/// rest of the API: configure the scrape job with a bearer API key.
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    responses(
+        (status = 200, description = "Metrics in the Prometheus text format", body = String,
+         content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 500, description = "Encoding failed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let registry = Arc::clone(&state.metrics);
+    // The store size walks sled's files: keep it off the async workers.
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = String::with_capacity(8192);
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).map(|()| text)
+    })
+    .await
+    .map_err(|err| ApiError::Internal {
+        cause: format!("metrics task failed: {err}"),
+    })?
+    .map_err(|_| ApiError::Internal {
+        cause: "encoding the metrics failed".into(),
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response())
+}
