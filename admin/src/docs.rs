@@ -37,6 +37,8 @@ each page carries `next`, the `after` of the following page, or null on the last
 pub(crate) fn swagger_config() -> Arc<utoipa_swagger_ui::Config<'static>> {
     Arc::new(
         utoipa_swagger_ui::Config::from("../openapi.json")
+            // The default sends the document to an online validator.
+            .validator_url("none")
             .persist_authorization(true)
             .display_request_duration(true),
     )

@@ -487,6 +487,10 @@ pub(crate) async fn publish(
             ),
         });
     }
+    // A publish after shutdown would wait for a flush that never comes.
+    if state.broker.is_draining() {
+        return Err(ApiError::Unavailable);
+    }
     let stored = state.broker.topics().is_stored(&name);
     let (epoch, offset) = state
         .broker

@@ -1,0 +1,172 @@
+//! Stats, Prometheus metrics and the probes.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::{TestServer, assert_error, send};
+
+/// Makes some traffic: one subscriber, three HTTP publishes it receives,
+/// and one WebSocket handshake refused for a malformed token.
+async fn traffic(server: &TestServer) -> crate::support::WsClient {
+    let mut subscriber = server.ws_client("sub-1", "test-agent").await;
+    subscriber.subscribe("load.test").await;
+    for n in 0..3 {
+        server.publish("load.test", json!({"n": n})).await;
+        subscriber.delivery().await;
+    }
+    let refused = server
+        .http
+        .get(format!("http://{}/ws", server.ws_addr))
+        .bearer_auth("not-a-jwt")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    subscriber
+}
+
+#[tokio::test]
+async fn stats_count_what_happened() {
+    let server = TestServer::start().await;
+    let _subscriber = traffic(&server).await;
+    let (status, stats) = server.get("/v1/stats").await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    assert_eq!(stats["connections"], 1);
+    assert_eq!(stats["connections_total"], 1);
+    assert_eq!(stats["connections_refused"], 0);
+    assert_eq!(stats["subscriptions"], 1);
+    assert_eq!(stats["wildcard_subscriptions"], 0);
+    assert_eq!(stats["topics"], 1);
+    assert_eq!(stats["messages_in"], 3);
+    assert!(stats["bytes_in"].as_u64().unwrap() >= 3);
+    assert_eq!(stats["deliveries"], 3);
+    assert!(stats["bytes_out"].as_u64().unwrap() > 0);
+    assert_eq!(stats["replayed"], 0);
+    assert_eq!(
+        stats["slow_consumers"],
+        json!({"catch_ups": 0, "disconnects": 0})
+    );
+    assert_eq!(stats["rate_limited"], 0);
+    assert_eq!(stats["auth_failures"]["token_malformed"], 1);
+    assert_eq!(stats["auth_failures"]["token_expired"], 0);
+    assert_eq!(stats["auth_failures"].as_object().unwrap().len(), 10);
+    assert!(stats["store_bytes_on_disk"].as_u64().unwrap() > 0);
+    assert!(stats["uptime_seconds"].is_u64());
+    if cfg!(target_os = "linux") {
+        assert!(stats["memory_resident_bytes"].as_u64().unwrap() > 1 << 20);
+    }
+    let rates = &stats["rates"];
+    assert!(rates["window_seconds"].as_f64().unwrap() > 0.0);
+    assert!(rates["messages_in_per_second"].as_f64().unwrap() > 0.0);
+    assert!(rates["deliveries_per_second"].as_f64().unwrap() > 0.0);
+    assert!(rates["connections_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_named_by_convention() {
+    let server = TestServer::start().await;
+    let _subscriber = traffic(&server).await;
+    let response = server
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    for line in [
+        "sockeye_connections 1",
+        "sockeye_connections_accepted_total 1",
+        "sockeye_subscriptions 1",
+        "sockeye_topics 1",
+        "sockeye_messages_in_total 3",
+        "sockeye_deliveries_total 3",
+        "sockeye_auth_failures_total{reason=\"token_malformed\"} 1",
+        "sockeye_auth_failures_total{reason=\"token_expired\"} 0",
+        "sockeye_handshake_duration_seconds_count 1",
+        "sockeye_handshake_duration_seconds_bucket{le=\"+Inf\"} 1",
+        "sockeye_publish_to_deliver_seconds_count 3",
+        "sockeye_publish_to_deliver_seconds_bucket{le=\"+Inf\"} 3",
+        "# TYPE sockeye_store_size_bytes gauge",
+        "# TYPE sockeye_handshake_duration_seconds histogram",
+    ] {
+        assert!(
+            text.lines().any(|got| got == line),
+            "no line `{line}` in:\n{text}"
+        );
+    }
+    // Every family is ours (or the standard process one), counters end in
+    // _total, histograms are in seconds with cumulative buckets.
+    let mut families = 0;
+    for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {
+        let mut parts = line["# TYPE ".len()..].split(' ');
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        families += 1;
+        assert!(
+            name.starts_with("sockeye_") || name == "process_resident_memory_bytes",
+            "{name}"
+        );
+        match kind {
+            "counter" => assert!(name.ends_with("_total"), "{name}"),
+            "histogram" => {
+                assert!(name.ends_with("_seconds"), "{name}");
+                let buckets: Vec<u64> = text
+                    .lines()
+                    .filter(|line| line.starts_with(&format!("{name}_bucket{{")))
+                    .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+                    .collect();
+                assert!(buckets.len() > 5, "{name}");
+                assert!(buckets.windows(2).all(|pair| pair[0] <= pair[1]), "{name}");
+            }
+            "gauge" => assert!(!name.ends_with("_total"), "{name}"),
+            other => panic!("unexpected metric type {other} of {name}"),
+        }
+    }
+    assert!(families >= 20, "{families} families");
+}
+
+#[tokio::test]
+async fn metrics_need_credentials() {
+    let server = TestServer::start().await;
+    let (status, body) = send(server.anonymous(Method::GET, "/metrics")).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "token_missing");
+}
+
+#[tokio::test]
+async fn probes_answer_without_credentials_and_readiness_follows_shutdown() {
+    let server = TestServer::start().await;
+    let (status, body) = send(server.anonymous(Method::GET, "/healthz")).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, body) = send(server.anonymous(Method::GET, "/readyz")).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ready"})));
+
+    server.broker.drain().await;
+    let (status, body) = send(server.anonymous(Method::GET, "/readyz")).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let (status, body) = send(
+        server
+            .request(Method::POST, "/v1/topics/late.topic/messages")
+            .json(&json!({"payload": 1})),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let (status, _) = send(server.anonymous(Method::GET, "/healthz")).await;
+    assert_eq!(status, StatusCode::OK, "alive while draining");
+}
