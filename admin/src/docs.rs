@@ -51,6 +51,9 @@ pub(crate) fn complete(mut document: OpenApi, protected: &[String]) -> OpenApi {
     document.info.title = "Sockeye admin API".into();
     document.info.version = env!("CARGO_PKG_VERSION").into();
     document.info.description = Some(DESCRIPTION.into());
+    // The defaults describe the utoipa crate itself, not this API.
+    document.info.contact = None;
+    document.info.license = Some(utoipa::openapi::License::new(env!("CARGO_PKG_LICENSE")));
     document.tags = Some(vec![
         tag(
             "topics",

@@ -79,9 +79,12 @@ fn histogram(
         buckets.push((*bound, cumulative - below));
         below = *cumulative;
     }
-    buckets.push((f64::INFINITY, snapshot.count.saturating_sub(below)));
+    // The buckets and the count are read one after the other while
+    // observations go on; never report fewer observations than buckets hold.
+    let count = snapshot.count.max(below);
+    buckets.push((f64::INFINITY, count - below));
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    metric.encode_histogram::<NoLabelSet>(snapshot.sum_seconds, snapshot.count, &buckets, None)
+    metric.encode_histogram::<NoLabelSet>(snapshot.sum_seconds, count, &buckets, None)
 }
 
 fn labelled_counters<'a>(
