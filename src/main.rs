@@ -50,6 +50,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listen = config.server.listen;
         let data_dir = config.server.data_dir.clone();
         let admin = config.admin.clone();
+        let admin_tls = config.tls.admin;
         let drain_timeout = config.shutdown.drain_timeout;
         let broker = Broker::open(config).context("cannot start the broker")?;
         #[cfg(unix)]
@@ -78,6 +79,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let admin_task = admin_listener.map(|admin_listener| {
             tracing::info!(
                 listen = %admin_listener.local_addr().unwrap_or(admin.listen),
+                tls = admin_tls,
                 "sockeye is serving the admin API (Swagger UI at /docs)"
             );
             tokio::spawn(sockeye_admin::serve(
@@ -97,8 +99,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown.cancel();
         if let Some(admin_task) = admin_task {
             match tokio::time::timeout(drain_timeout, admin_task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(err))) => tracing::warn!(cause = %err, "the admin API failed"),
+                Ok(Ok(())) => {}
                 Ok(Err(err)) => tracing::error!(cause = %err, "the admin API task panicked"),
                 Err(_) => tracing::warn!("admin requests did not finish in time"),
             }

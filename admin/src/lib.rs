@@ -47,7 +47,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use bytes::Bytes;
-use sockeye_broker::Broker;
+use sockeye_broker::{Broker, HttpOptions, serve_http};
 use tokio::net::TcpListener;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -175,14 +175,22 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     }
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves, then lets
-/// requests in flight finish.
-pub async fn serve(
-    broker: Broker,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(broker))
-        .with_graceful_shutdown(shutdown)
-        .await
+/// Serves the admin API on `listener` until `shutdown` resolves, then gives
+/// requests in flight a moment to finish. Uses TLS, with the broker's
+/// certificate, when `tls.admin` is set; each client gets
+/// `server.handshake_timeout` to send its request head, as on the WebSocket
+/// listener.
+pub async fn serve(broker: Broker, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let config = broker.config();
+    let options = HttpOptions {
+        tls: if config.tls.admin {
+            broker.tls().map(|tls| tls.acceptor())
+        } else {
+            None
+        },
+        handshake_timeout: config.server.handshake_timeout,
+        // The broker's handshake counters are about WebSocket clients.
+        stats: None,
+    };
+    serve_http(listener, router(broker), options, shutdown).await;
 }

@@ -132,6 +132,36 @@ impl Collector for BrokerCollector {
             "WebSocket handshakes refused at the connection limit.",
             Stats::get(&stats.connections_refused),
         )?;
+        counter(
+            e,
+            "sockeye_per_ip_refused",
+            "WebSocket handshakes refused at the per-IP connection limit.",
+            Stats::get(&stats.per_ip_refused),
+        )?;
+        counter(
+            e,
+            "sockeye_handshake_rate_refused",
+            "WebSocket handshakes refused by the handshake rate limit.",
+            Stats::get(&stats.handshake_rate_refused),
+        )?;
+        counter(
+            e,
+            "sockeye_origin_refused",
+            "WebSocket handshakes refused because of their Origin.",
+            Stats::get(&stats.origin_refused),
+        )?;
+        counter(
+            e,
+            "sockeye_handshake_timeouts",
+            "TCP connections closed for not finishing the TLS handshake or upgrade request in time.",
+            Stats::get(&stats.handshake_timeouts),
+        )?;
+        counter(
+            e,
+            "sockeye_tls_failures",
+            "TLS handshakes that failed.",
+            Stats::get(&stats.tls_failures),
+        )?;
         gauge(
             e,
             "sockeye_subscriptions",
@@ -194,9 +224,15 @@ impl Collector for BrokerCollector {
         )?;
         counter(
             e,
-            "sockeye_rate_limited_publishes",
+            "sockeye_rate_limited",
             "Publishes refused by the per-connection rate limit.",
             Stats::get(&stats.rate_limited),
+        )?;
+        counter(
+            e,
+            "sockeye_bytes_rate_limited",
+            "Publishes refused by the per-connection byte-rate limit.",
+            Stats::get(&stats.bytes_rate_limited),
         )?;
         counter(
             e,

@@ -29,8 +29,20 @@ pub(crate) struct StatsView {
     connections: u64,
     /// Connections accepted since start.
     connections_total: u64,
-    /// Handshakes refused at the connection limit.
+    /// Handshakes refused at the connection limit (`server.max_connections`).
     connections_refused: u64,
+    /// Handshakes refused because their IP address holds
+    /// `server.max_connections_per_ip` connections.
+    per_ip_refused: u64,
+    /// Handshakes refused by `server.handshake_rate`.
+    handshake_rate_refused: u64,
+    /// Handshakes refused because of their `Origin` (`server.allowed_origins`).
+    origin_refused: u64,
+    /// TCP connections closed for not finishing the TLS handshake or the
+    /// upgrade request within `server.handshake_timeout`.
+    handshake_timeouts: u64,
+    /// TLS handshakes that failed.
+    tls_failures: u64,
     /// Subscriptions held now (exact and wildcard).
     subscriptions: u64,
     /// Wildcard subscriptions held now.
@@ -51,8 +63,12 @@ pub(crate) struct StatsView {
     rates: RatesView,
     /// Slow-consumer events.
     slow_consumers: SlowConsumersView,
-    /// Publishes refused by the per-connection rate limit.
+    /// Publishes refused by the per-connection rate limit
+    /// (`limits.publish_rate`).
     rate_limited: u64,
+    /// Publishes refused by the per-connection byte-rate limit
+    /// (`limits.publish_bytes_rate`).
+    bytes_rate_limited: u64,
     /// Error replies sent to clients.
     error_replies: u64,
     /// WebSocket handshakes refused, by reason (the `code` of the refusal).
@@ -196,6 +212,11 @@ fn stats_view(broker: &Broker, rates: &RateWindow) -> StatsView {
         connections: broker.connection_count() as u64,
         connections_total: Stats::get(&stats.connections_total),
         connections_refused: Stats::get(&stats.connections_refused),
+        per_ip_refused: Stats::get(&stats.per_ip_refused),
+        handshake_rate_refused: Stats::get(&stats.handshake_rate_refused),
+        origin_refused: Stats::get(&stats.origin_refused),
+        handshake_timeouts: Stats::get(&stats.handshake_timeouts),
+        tls_failures: Stats::get(&stats.tls_failures),
         subscriptions: topics.subscriptions(),
         wildcard_subscriptions: topics.wildcard_subscriptions() as u64,
         topics: topics.len() as u64,
@@ -210,6 +231,7 @@ fn stats_view(broker: &Broker, rates: &RateWindow) -> StatsView {
             disconnects: Stats::get(&stats.slow_consumer_disconnects),
         },
         rate_limited: Stats::get(&stats.rate_limited),
+        bytes_rate_limited: Stats::get(&stats.bytes_rate_limited),
         error_replies: Stats::get(&stats.error_replies),
         auth_failures: auth_failures(stats)
             .map(|(code, count)| (code.to_owned(), count))

@@ -8,4 +8,5 @@ mod connections;
 mod openapi;
 mod stats;
 mod support;
+mod tls;
 mod topics;

@@ -6,7 +6,8 @@ use serde_json::json;
 use crate::support::{TestServer, assert_error, send};
 
 /// Makes some traffic: one subscriber, three HTTP publishes it receives,
-/// and one WebSocket handshake refused for a malformed token.
+/// one WebSocket handshake refused for a malformed token and one for its
+/// `Origin`.
 async fn traffic(server: &TestServer) -> crate::support::WsClient {
     let mut subscriber = server.ws_client("sub-1", "test-agent").await;
     subscriber.subscribe("load.test").await;
@@ -26,6 +27,19 @@ async fn traffic(server: &TestServer) -> crate::support::WsClient {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let foreign = server
+        .http
+        .get(format!("http://{}/ws", server.ws_addr))
+        .bearer_auth(server.token("browser", false))
+        .header("origin", "https://elsewhere.example")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
     subscriber
 }
 
@@ -50,7 +64,17 @@ async fn stats_count_what_happened() {
         stats["slow_consumers"],
         json!({"catch_ups": 0, "disconnects": 0})
     );
-    assert_eq!(stats["rate_limited"], 0);
+    for refusal in [
+        "rate_limited",
+        "bytes_rate_limited",
+        "per_ip_refused",
+        "handshake_rate_refused",
+        "handshake_timeouts",
+        "tls_failures",
+    ] {
+        assert_eq!(stats[refusal], 0, "{refusal}");
+    }
+    assert_eq!(stats["origin_refused"], 1);
     assert_eq!(stats["auth_failures"]["token_malformed"], 1);
     assert_eq!(stats["auth_failures"]["token_expired"], 0);
     assert_eq!(stats["auth_failures"].as_object().unwrap().len(), 10);
@@ -88,6 +112,10 @@ async fn metrics_are_prometheus_text_named_by_convention() {
         "sockeye_topics 1",
         "sockeye_messages_in_total 3",
         "sockeye_deliveries_total 3",
+        "sockeye_per_ip_refused_total 0",
+        "sockeye_origin_refused_total 1",
+        "sockeye_tls_failures_total 0",
+        "sockeye_bytes_rate_limited_total 0",
         "sockeye_auth_failures_total{reason=\"token_malformed\"} 1",
         "sockeye_auth_failures_total{reason=\"token_expired\"} 0",
         "sockeye_handshake_duration_seconds_count 1",
