@@ -261,9 +261,7 @@ impl Session {
             // Boxed, so the event handlers' futures take memory only while one
             // runs instead of enlarging every idle connection's task.
             let handled = Box::pin(self.handle_event(event, config));
-            match tokio::time::timeout(config.heartbeat.timeout, handled)
-                .await
-            {
+            match tokio::time::timeout(config.heartbeat.timeout, handled).await {
                 Ok(Ok(None)) => {}
                 Ok(Ok(Some(ending))) => return ending,
                 Ok(Err(err)) => {

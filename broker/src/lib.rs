@@ -402,10 +402,18 @@ impl Broker {
             if write > store.acknowledged_through() {
                 let mut durable = store.durable();
                 store.request_flush();
-                durable
-                    .wait_for(|through| *through >= write)
-                    .await
-                    .map_err(|_| PublishError::ShuttingDown)?;
+                // After shutdown the flusher is gone and the watermark never
+                // moves again: give up instead of waiting for ever.
+                tokio::select! {
+                    reached = durable.wait_for(|through| *through >= write) => {
+                        reached.map_err(|_| PublishError::ShuttingDown)?;
+                    }
+                    () = self.inner.shutdown.cancelled() => {
+                        if *store.durable().borrow() < write {
+                            return Err(PublishError::ShuttingDown);
+                        }
+                    }
+                }
             }
         }
         Ok((published.epoch, published.offset))

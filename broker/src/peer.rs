@@ -35,7 +35,7 @@ pub struct PeerCounters {
     pub bytes_out: AtomicU64,
     /// Messages published.
     pub published: AtomicU64,
-    /// Messages delivered.
+    /// Messages queued for delivery (live and replayed).
     pub delivered: AtomicU64,
 }
 
@@ -149,7 +149,12 @@ impl Peer {
             .clone()
     }
 
-    /// Counts one delivery of `bytes`.
+    /// Counts one message queued for delivery to this peer.
+    pub(crate) fn count_delivered(&self) {
+        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one frame of `bytes` written to this peer.
     pub(crate) fn count_out(&self, bytes: usize) {
         self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
         self.counters

@@ -360,7 +360,7 @@ impl Store {
     }
 
     /// Appends one message; returns its write sequence for
-    /// [`Store::wait_durable`].
+    /// [`Store::durable`].
     pub fn append(
         &self,
         epoch: u64,

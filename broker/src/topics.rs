@@ -353,8 +353,10 @@ impl Topics {
         let mut delivered = 0;
         let mut index = 0;
         while index < state.live.len() {
-            match state.live[index].peer.offer(frame.clone()) {
+            let peer = &state.live[index].peer;
+            match peer.offer(frame.clone()) {
                 Offer::Queued => {
+                    peer.count_delivered();
                     delivered += 1;
                     index += 1;
                 }
@@ -391,7 +393,10 @@ impl Topics {
         }
         let mut delivered = 0;
         wildcards.for_each_match(topic, |peer| match peer.offer(frame.clone()) {
-            Offer::Queued => delivered += 1,
+            Offer::Queued => {
+                peer.count_delivered();
+                delivered += 1;
+            }
             Offer::Closed => {}
             Offer::Full => {
                 Stats::add(&self.stats.slow_consumer_disconnects, 1);
