@@ -47,6 +47,23 @@ struct Held {
     cancel: CancellationToken,
 }
 
+/// A request that cannot be served: the code and message of its `error`
+/// reply. The connection stays open.
+#[derive(Debug)]
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
 /// What woke the session loop.
 enum Event {
     /// A frame from the outbound queue.
@@ -429,112 +446,95 @@ impl Session {
         &mut self,
         request: ClientMessage,
     ) -> Result<Option<Ending>, axum::Error> {
-        match request {
+        let id = request.id();
+        let outcome = match request {
             ClientMessage::Subscribe {
                 id,
                 topic,
                 position,
-            } => self.subscribe(id, &topic, position).await?,
-            ClientMessage::Unsubscribe { id, topic } => self.unsubscribe(id, &topic).await?,
+            } => self.subscribe(id, &topic, position).map(Some),
+            ClientMessage::Unsubscribe { id, topic } => self.unsubscribe(id, &topic).map(Some),
             ClientMessage::Publish {
                 id,
                 topic,
                 payload,
                 ack,
-            } => self.publish(id, &topic, &payload, ack).await?,
-            ClientMessage::Ping { id } => self.reply(&ServerMessage::Pong { id }).await?,
-            ClientMessage::Refresh { id, token } => self.refresh(id, &token).await?,
-            _ => {}
+            } => self.publish(id, &topic, &payload, ack),
+            ClientMessage::Ping { id } => Ok(Some(self.encode(&ServerMessage::Pong { id }))),
+            ClientMessage::Refresh { id, token } => self.refresh(id, &token).map(Some),
+            _ => Ok(None),
+        };
+        match outcome {
+            Ok(Some(reply)) => self.feed(reply).await?,
+            Ok(None) => {}
+            Err(Refusal { code, message }) => self.error(Some(id), code, message).await?,
         }
         Ok(None)
     }
 
-    async fn subscribe(
+    /// Handles `subscribe`; the reply frame on success.
+    fn subscribe(
         &mut self,
         id: RequestId,
         text: &str,
         position: Option<Position>,
-    ) -> Result<(), axum::Error> {
+    ) -> Result<Bytes, Refusal> {
         let limits = &self.broker.config().limits;
-        let max_topic = limits.max_topic_length;
         let max_subscriptions = limits.max_subscriptions;
-        let filter = match TopicFilter::parse(text, max_topic) {
-            Ok(filter) => filter,
-            Err(err) => {
-                return self
-                    .error(Some(id), ErrorCode::InvalidTopic, err.to_string())
-                    .await;
-            }
-        };
+        let filter = TopicFilter::parse(text, limits.max_topic_length)
+            .map_err(|err| Refusal::new(ErrorCode::InvalidTopic, err.to_string()))?;
         if !self.identity.permissions.may_subscribe(&filter) {
-            return self
-                .error(
-                    Some(id),
-                    ErrorCode::Forbidden,
-                    format!("the token does not allow subscribing to `{filter}`"),
-                )
-                .await;
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("the token does not allow subscribing to `{filter}`"),
+            ));
         }
         if self.held.contains_key(&filter) {
-            return self
-                .error(
-                    Some(id),
-                    ErrorCode::AlreadySubscribed,
-                    format!("already subscribed to `{filter}`"),
-                )
-                .await;
+            return Err(Refusal::new(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to `{filter}`"),
+            ));
         }
         if self.held.len() >= max_subscriptions {
-            return self
-                .error(
-                    Some(id),
-                    ErrorCode::TooManySubscriptions,
-                    format!("at most {max_subscriptions} subscriptions per connection"),
-                )
-                .await;
+            return Err(Refusal::new(
+                ErrorCode::TooManySubscriptions,
+                format!("at most {max_subscriptions} subscriptions per connection"),
+            ));
         }
         if let Some(other) = self.held.keys().find(|held| held.overlaps(&filter)) {
-            let message = format!("`{filter}` overlaps the subscription `{other}`");
-            return self
-                .error(Some(id), ErrorCode::SubscriptionOverlaps, message)
-                .await;
+            return Err(Refusal::new(
+                ErrorCode::SubscriptionOverlaps,
+                format!("`{filter}` overlaps the subscription `{other}`"),
+            ));
         }
         let cancel = self.ended.child_token();
-        let topics = Arc::clone(self.broker.topics());
+        let topics = self.broker.topics();
         let (exact, mut reply) = match filter.as_exact() {
             Some(topic) => {
                 let subscriber = Subscriber {
                     peer: Arc::clone(&self.peer),
                     cancel: cancel.clone(),
                 };
-                match topics.subscribe_exact(&topic, subscriber, position) {
-                    Ok(reply) => (Some(topic), reply),
-                    Err(SubscribeError::PositionUnsupported) => {
-                        return self
-                            .error(
-                                Some(id),
-                                ErrorCode::PositionUnsupported,
-                                format!("`{topic}` is not stored, so it has no positions"),
-                            )
-                            .await;
-                    }
-                    Err(SubscribeError::Storage(err)) => {
-                        tracing::warn!(cause = %err, "subscribe failed in the store");
-                        return self
-                            .error(Some(id), ErrorCode::StorageFailed, "history store failed")
-                            .await;
-                    }
-                }
+                let reply = topics
+                    .subscribe_exact(&topic, subscriber, position)
+                    .map_err(|err| match err {
+                        SubscribeError::PositionUnsupported => Refusal::new(
+                            ErrorCode::PositionUnsupported,
+                            format!("`{topic}` is not stored, so it has no positions"),
+                        ),
+                        SubscribeError::Storage(err) => {
+                            tracing::warn!(cause = %err, "subscribe failed in the store");
+                            Refusal::new(ErrorCode::StorageFailed, "history store failed")
+                        }
+                    })?;
+                (Some(topic), reply)
             }
             None => {
                 if position.is_some() {
-                    return self
-                        .error(
-                            Some(id),
-                            ErrorCode::PositionUnsupported,
-                            "positions need an exact topic, not a wildcard filter",
-                        )
-                        .await;
+                    return Err(Refusal::new(
+                        ErrorCode::PositionUnsupported,
+                        "positions need an exact topic, not a wildcard filter",
+                    ));
                 }
                 topics.subscribe_wildcard(&filter, Arc::clone(&self.peer));
                 let reply = sockeye_protocol::Subscribed {
@@ -559,7 +559,7 @@ impl Session {
             .push(filter.to_string());
         self.held.insert(filter, Held { exact, cancel });
         Stats::add(&self.broker.stats().subscriptions, 1);
-        self.reply(&ServerMessage::Subscribed(reply)).await
+        Ok(self.encode(&ServerMessage::Subscribed(reply)))
     }
 
     fn drop_subscription(&self, filter: &TopicFilter, held: &Held) {
@@ -575,102 +575,76 @@ impl Session {
             .fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn unsubscribe(&mut self, id: RequestId, text: &str) -> Result<(), axum::Error> {
+    /// Handles `unsubscribe`; the reply frame on success.
+    fn unsubscribe(&mut self, id: RequestId, text: &str) -> Result<Bytes, Refusal> {
         let max_topic = self.broker.config().limits.max_topic_length;
-        let filter = match TopicFilter::parse(text, max_topic) {
-            Ok(filter) => filter,
-            Err(err) => {
-                return self
-                    .error(Some(id), ErrorCode::InvalidTopic, err.to_string())
-                    .await;
-            }
-        };
-        let Some(held) = self.held.remove(&filter) else {
-            return self
-                .error(
-                    Some(id),
-                    ErrorCode::NotSubscribed,
-                    format!("not subscribed to `{filter}`"),
-                )
-                .await;
-        };
+        let filter = TopicFilter::parse(text, max_topic)
+            .map_err(|err| Refusal::new(ErrorCode::InvalidTopic, err.to_string()))?;
+        let held = self.held.remove(&filter).ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to `{filter}`"),
+            )
+        })?;
         self.drop_subscription(&filter, &held);
         self.peer
             .subscriptions
             .lock()
             .expect("no code panics while holding subscriptions")
             .retain(|held| held != filter.as_str());
-        self.reply(&ServerMessage::Unsubscribed {
+        Ok(self.encode(&ServerMessage::Unsubscribed {
             id,
             topic: filter.to_string(),
-        })
-        .await
+        }))
     }
 
-    async fn publish(
+    /// Handles `publish`: the reply frame to send now, or `None` when there
+    /// is none (`ack: false`) or it waits for durability in `pending_acks`.
+    fn publish(
         &mut self,
         id: RequestId,
         text: &str,
         payload: &sockeye_protocol::Payload,
         ack: bool,
-    ) -> Result<(), axum::Error> {
+    ) -> Result<Option<Bytes>, Refusal> {
         let max_topic = self.broker.config().limits.max_topic_length;
-        let topic = match TopicName::parse(text, max_topic) {
-            Ok(topic) => topic,
-            Err(err) => {
-                return self
-                    .error(Some(id), ErrorCode::InvalidTopic, err.to_string())
-                    .await;
-            }
-        };
+        let topic = TopicName::parse(text, max_topic)
+            .map_err(|err| Refusal::new(ErrorCode::InvalidTopic, err.to_string()))?;
         if !self.identity.permissions.may_publish(&topic) {
-            return self
-                .error(
-                    Some(id),
-                    ErrorCode::Forbidden,
-                    format!("the token does not allow publishing to `{topic}`"),
-                )
-                .await;
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("the token does not allow publishing to `{topic}`"),
+            ));
         }
-        if let Some(rate) = &self.rate
-            && rate.check().is_err()
-        {
+        if self.rate.as_ref().is_some_and(|rate| rate.check().is_err()) {
             Stats::add(&self.broker.stats().rate_limited, 1);
-            return self
-                .error(
-                    Some(id),
-                    ErrorCode::RateLimited,
-                    "publish rate limit exceeded",
-                )
-                .await;
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                "publish rate limit exceeded",
+            ));
         }
         if let Some(byte_rate) = &self.byte_rate {
             let bytes = NonZeroU32::new(u32::try_from(payload.len()).unwrap_or(u32::MAX))
                 .unwrap_or(NonZeroU32::MIN);
             if !matches!(byte_rate.check_n(bytes), Ok(Ok(()))) {
                 Stats::add(&self.broker.stats().bytes_rate_limited, 1);
-                return self
-                    .error(
-                        Some(id),
-                        ErrorCode::RateLimited,
-                        "publish byte-rate limit exceeded",
-                    )
-                    .await;
+                return Err(Refusal::new(
+                    ErrorCode::RateLimited,
+                    "publish byte-rate limit exceeded",
+                ));
             }
         }
-        let topics = Arc::clone(self.broker.topics());
-        let published = match topics.publish(&topic, payload, &self.identity.subject) {
-            Ok(published) => published,
-            Err(err) => {
+        let published = self
+            .broker
+            .topics()
+            .publish(&topic, payload, &self.identity.subject)
+            .map_err(|err| {
                 tracing::warn!(cause = %err, "publish failed in the store");
-                return self
-                    .error(Some(id), ErrorCode::StorageFailed, "history store failed")
-                    .await;
-            }
-        };
+                Refusal::new(ErrorCode::StorageFailed, "history store failed")
+            })?;
         self.peer.counters.published.fetch_add(1, Ordering::Relaxed);
         if !ack {
-            return Ok(());
+            return Ok(None);
         }
         let reply = self.encode(&ServerMessage::Published {
             id,
@@ -682,36 +656,28 @@ impl Session {
             Some(write) if write > store.acknowledged_through() => {
                 self.pending_acks.push_back((write, reply));
                 store.request_flush();
-                Ok(())
+                Ok(None)
             }
-            _ => self.feed(reply).await,
+            _ => Ok(Some(reply)),
         }
     }
 
-    async fn refresh(&mut self, id: RequestId, token: &str) -> Result<(), axum::Error> {
-        let identity = match self.broker.authenticator().verify(token) {
-            Ok(identity) => identity,
-            Err(err) => {
-                self.broker.stats().auth_failed(&err);
-                return self
-                    .error(Some(id), ErrorCode::InvalidToken, err.to_string())
-                    .await;
-            }
-        };
+    /// Handles `refresh`; the reply frame on success.
+    fn refresh(&mut self, id: RequestId, token: &str) -> Result<Bytes, Refusal> {
+        let identity = self.broker.authenticator().verify(token).map_err(|err| {
+            self.broker.stats().auth_failed(&err);
+            Refusal::new(ErrorCode::InvalidToken, err.to_string())
+        })?;
         if identity.subject != self.identity.subject {
-            return self
-                .error(
-                    Some(id),
-                    ErrorCode::SubjectMismatch,
-                    "the new token is for a different `sub`",
-                )
-                .await;
+            return Err(Refusal::new(
+                ErrorCode::SubjectMismatch,
+                "the new token is for a different `sub`",
+            ));
         }
         let expires_at = identity.expires_at.map(unix_ms);
         self.identity = identity;
         self.warned_expiry = false;
-        self.reply(&ServerMessage::Refreshed { id, expires_at })
-            .await
+        Ok(self.encode(&ServerMessage::Refreshed { id, expires_at }))
     }
 
     /// Sends the close frame (if any), waits briefly for the client's reply,
