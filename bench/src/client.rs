@@ -7,6 +7,7 @@
 //! the NATS text protocol inside WebSocket binary frames. Scenarios see one
 //! [`Client`] type and one [`Event`] type.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use flate2::{Decompress, FlushDecompress, Status};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use sockeye_protocol::{
@@ -153,10 +155,7 @@ impl Dialer {
                 Ok(Err(err)) => {
                     // A refusal by HTTP status (401, 403, 503) will not change
                     // on a retry.
-                    let refused = err
-                        .downcast_ref::<tungstenite::Error>()
-                        .is_some_and(|err| matches!(err, tungstenite::Error::Http(_)));
-                    if refused {
+                    if err.downcast_ref::<Refused>().is_some() {
                         return Err(err);
                     }
                     last_error = Some(err);
@@ -241,7 +240,19 @@ impl Dialer {
     }
 }
 
-/// Adds the HTTP status and body of a refused handshake to the error.
+/// The target answered the upgrade request with an HTTP error status.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Names the HTTP status and body of a refused handshake.
 fn describe_handshake_error(err: tungstenite::Error) -> anyhow::Error {
     if let tungstenite::Error::Http(response) = &err {
         let body = response
@@ -251,7 +262,7 @@ fn describe_handshake_error(err: tungstenite::Error) -> anyhow::Error {
             .unwrap_or_default()
             .into_owned();
         let status = response.status();
-        return anyhow::Error::new(err).context(format!("handshake refused: HTTP {status} {body}"));
+        return Refused(format!("handshake refused: HTTP {status} {body}")).into();
     }
     anyhow::Error::new(err).context("WebSocket handshake failed")
 }
@@ -535,8 +546,76 @@ impl Client {
 /// Turns one Sockeye-format frame into an event; `None` for frames that
 /// matter to no scenario.
 fn sockeye_event(frame: &Bytes) -> anyhow::Result<Option<Event>> {
-    let body = frame::open(frame, MAX_INFLATED).context("bad frame")?;
-    let view = wire::scan(&body).context("bad frame body")?;
+    match frame.first() {
+        Some(0) => body_event(&frame[1..]),
+        Some(&frame::FLAG_DEFLATE) => INFLATER.with(|inflater| {
+            let mut inflater = inflater.borrow_mut();
+            let body = inflater.inflate(&frame[1..])?;
+            body_event(body)
+        }),
+        Some(flags) => bail!("bad frame: unknown flags {flags:#04x}"),
+        None => bail!("bad frame: empty"),
+    }
+}
+
+thread_local! {
+    /// Each worker thread's inflater: subscribers inflate thousands of
+    /// frames per second, and a fresh decoder per frame (as
+    /// `frame::open` makes) allocates and clears tens of KiB each time,
+    /// which would make the generator, not the target, the bottleneck.
+    static INFLATER: RefCell<Inflater> = RefCell::new(Inflater::new());
+}
+
+/// A raw-deflate decoder and its output buffer, reused frame after frame.
+struct Inflater {
+    decoder: Decompress,
+    out: Vec<u8>,
+}
+
+impl Inflater {
+    fn new() -> Self {
+        Self {
+            decoder: Decompress::new(false),
+            out: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// Inflates one complete raw deflate stream, at most [`MAX_INFLATED`] bytes.
+    fn inflate(&mut self, compressed: &[u8]) -> anyhow::Result<&[u8]> {
+        self.decoder.reset(false);
+        self.out.clear();
+        loop {
+            if self.out.len() == self.out.capacity() {
+                if self.out.len() >= MAX_INFLATED {
+                    bail!("bad frame: inflates past {MAX_INFLATED} bytes");
+                }
+                self.out.reserve(self.out.len().max(4096));
+            }
+            let consumed = usize::try_from(self.decoder.total_in()).unwrap_or(usize::MAX);
+            let produced_before = self.out.len();
+            let status = self
+                .decoder
+                .decompress_vec(
+                    compressed.get(consumed..).unwrap_or_default(),
+                    &mut self.out,
+                    FlushDecompress::None,
+                )
+                .context("bad frame: corrupt deflate stream")?;
+            if status == Status::StreamEnd {
+                return Ok(&self.out);
+            }
+            let moved =
+                self.decoder.total_in() as usize != consumed || self.out.len() != produced_before;
+            if !moved && self.out.len() < self.out.capacity() {
+                bail!("bad frame: truncated deflate stream");
+            }
+        }
+    }
+}
+
+/// Turns a frame body into an event.
+fn body_event(body: &[u8]) -> anyhow::Result<Option<Event>> {
+    let view = wire::scan(body).context("bad frame body")?;
     let kind = view.kind.clone().map(|range| &body[range]).unwrap_or(b"");
     match kind {
         // The baseline forwards publish frames as they were sent.
@@ -557,21 +636,121 @@ fn sockeye_event(frame: &Bytes) -> anyhow::Result<Option<Event>> {
             epoch: view.epoch.unwrap_or(0),
             offset: view.offset.unwrap_or(0),
         })),
-        _ => Ok(match ServerMessage::decode(&body).context("bad frame")? {
-            ServerMessage::Subscribed(reply) => Some(Event::Subscribed(reply)),
-            ServerMessage::Pong { .. } => Some(Event::Pong),
-            ServerMessage::Error { id, code, message } => Some(Event::Failed {
-                id,
-                reason: format!("{}: {message}", code.as_str()),
-            }),
-            ServerMessage::Gap { topic, range, .. } => Some(Event::Interrupted(format!(
-                "gap on {topic}: offsets {}..={} skipped",
-                range.from, range.to
-            ))),
-            ServerMessage::Reset { topic, epoch } => Some(Event::Interrupted(format!(
-                "reset of {topic}: new epoch {epoch}"
-            ))),
-            _ => None,
-        }),
+        _ => Ok(
+            match ServerMessage::decode(&Bytes::copy_from_slice(body)).context("bad frame")? {
+                ServerMessage::Subscribed(reply) => Some(Event::Subscribed(reply)),
+                ServerMessage::Pong { .. } => Some(Event::Pong),
+                ServerMessage::Error { id, code, message } => Some(Event::Failed {
+                    id,
+                    reason: format!("{}: {message}", code.as_str()),
+                }),
+                ServerMessage::Gap { topic, range, .. } => Some(Event::Interrupted(format!(
+                    "gap on {topic}: offsets {}..={} skipped",
+                    range.from, range.to
+                ))),
+                ServerMessage::Reset { topic, epoch } => Some(Event::Interrupted(format!(
+                    "reset of {topic}: new epoch {epoch}"
+                ))),
+                _ => None,
+            },
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sockeye_protocol::{Delivery, ErrorCode};
+
+    use super::*;
+
+    fn message_frame(size: usize, seq: u64) -> Bytes {
+        let mut data = vec![b'x'; size];
+        Stamp {
+            stream: 1,
+            seq,
+            sent_ns: 5,
+        }
+        .write(&mut data);
+        ServerMessage::Message(Delivery {
+            topic: "bench.t".into(),
+            epoch: 2,
+            offset: seq + 1,
+            timestamp_ms: 0,
+            publisher: "bench".into(),
+            payload: Payload::binary(&data),
+        })
+        .encode_frame(&Compression::default())
+    }
+
+    #[test]
+    fn compressed_and_plain_deliveries_decode_with_one_reused_inflater() {
+        for (size, seq) in [(16 * 1024, 7), (100, 8), (4096, 9), (64 * 1024, 10)] {
+            let frame = message_frame(size, seq);
+            assert_eq!(frame[0] == frame::FLAG_DEFLATE, size > 1024);
+            match sockeye_event(&frame).unwrap() {
+                Some(Event::Delivery(delivered)) => {
+                    assert_eq!(delivered.stamp.seq, seq);
+                    assert_eq!(delivered.offset, seq + 1);
+                    assert_eq!(delivered.epoch, 2);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn broken_frames_are_errors() {
+        let frame = message_frame(16 * 1024, 1);
+        assert!(sockeye_event(&frame.slice(..frame.len() / 2)).is_err());
+        assert!(sockeye_event(&Bytes::from_static(&[0x01, 0xff, 0xff])).is_err());
+        assert!(sockeye_event(&Bytes::from_static(&[0x02, 0x80])).is_err());
+        assert!(sockeye_event(&Bytes::new()).is_err());
+        // A delivery whose payload carries no stamp is not ours.
+        let foreign = ServerMessage::Message(Delivery {
+            topic: "t".into(),
+            epoch: 0,
+            offset: 0,
+            timestamp_ms: 0,
+            publisher: "p".into(),
+            payload: Payload::binary(b"hello"),
+        })
+        .encode_frame(&Compression::OFF);
+        assert!(sockeye_event(&foreign).is_err());
+        // After a failure the thread's inflater still works.
+        assert!(matches!(
+            sockeye_event(&message_frame(2048, 3)),
+            Ok(Some(Event::Delivery(_)))
+        ));
+    }
+
+    #[test]
+    fn replies_become_events() {
+        let error = ServerMessage::Error {
+            id: Some(4),
+            code: ErrorCode::Forbidden,
+            message: "no".into(),
+        }
+        .encode_frame(&Compression::OFF);
+        match sockeye_event(&error).unwrap() {
+            Some(Event::Failed { id, reason }) => {
+                assert_eq!(id, Some(4));
+                assert_eq!(reason, "forbidden: no");
+            }
+            other => panic!("{other:?}"),
+        }
+        let ack = ServerMessage::Published {
+            id: 9,
+            epoch: 3,
+            offset: 70,
+        }
+        .encode_frame(&Compression::OFF);
+        assert!(matches!(
+            sockeye_event(&ack).unwrap(),
+            Some(Event::Acked {
+                id: 9,
+                epoch: 3,
+                offset: 70
+            })
+        ));
     }
 }

@@ -76,8 +76,19 @@ pub(crate) async fn run(context: &RunContext, plan: FanoutPlan) -> anyhow::Resul
     let topics: Vec<String> = (0..publishers)
         .map(|p| context.topic(plan.scenario, u64::from(p)))
         .collect();
+    let message_rate = match publish.rate {
+        Rate::Max => None,
+        Rate::Deliveries(rate) => Some(rate / (per_topic as f64 * f64::from(publishers))),
+    };
+    // At a fixed rate the window is only a safety net: half a second of
+    // messages is plenty, and a small window means small blocks, so the
+    // last block is finished quickly and at the rate.
+    let window = match message_rate {
+        Some(rate) => ((rate * 0.5) as u64).clamp(8, publish.window.max(8)),
+        None => publish.window,
+    };
     let windows: Vec<Arc<Window>> = (0..publishers)
-        .map(|_| Arc::new(Window::new(publish.window, per_topic)))
+        .map(|_| Arc::new(Window::new(window, per_topic)))
         .collect();
     let latencies = Latencies::new();
     let (stop, stopped) = watch::channel(false);
@@ -116,10 +127,6 @@ pub(crate) async fn run(context: &RunContext, plan: FanoutPlan) -> anyhow::Resul
     let measurement = context.start_measuring();
     let start = Instant::now();
     let start_ns = now_ns();
-    let message_rate = match publish.rate {
-        Rate::Max => None,
-        Rate::Deliveries(rate) => Some(rate / (per_topic as f64 * f64::from(publishers))),
-    };
     let mut publishing = JoinSet::new();
     for (stream, (client, topic)) in clients.into_iter().zip(topics.iter()).enumerate() {
         publishing.spawn(publish_loop(
@@ -217,7 +224,7 @@ pub(crate) async fn run(context: &RunContext, plan: FanoutPlan) -> anyhow::Resul
             "rate_deliveries_per_s": rate,
             "duration_s": publish.duration.as_secs_f64(),
             "max_messages": publish.max_messages,
-            "window": publish.window,
+            "window": window,
         }),
         connections: u64::from(publishers) * (per_topic + 1),
         elapsed_s,
@@ -359,13 +366,14 @@ async fn publish_messages(
     let mut last_progress = (window.delivered_to_all(), Instant::now());
     loop {
         let now = Instant::now();
+        // Past the end, only the current block is finished (at the rate).
         let finishing = now >= end;
         if seq >= max_messages || (finishing && seq.is_multiple_of(block)) {
             break;
         }
         let mut limit = window.limit().min(max_messages);
         let mut next_due = None;
-        if let (Some(rate), false) = (message_rate, finishing) {
+        if let Some(rate) = message_rate {
             let due = (now.duration_since(start).as_secs_f64() * rate) as u64 + 1;
             if due <= seq {
                 next_due = Some(start + Duration::from_secs_f64(seq as f64 / rate));
