@@ -143,7 +143,7 @@ pub(crate) async fn serve(args: BaselineArgs) -> anyhow::Result<()> {
         limits: Limits {
             max_frame_bytes: max_frame as u64,
             max_inflated_bytes: max_frame as u64 * 4,
-            compression_threshold_bytes: Compression::default().threshold as u64,
+            compression_threshold_bytes: args.compression_threshold.0 as u64,
             max_topic_bytes: 255,
             max_subscriptions: 1,
             publish_rate_per_sec: 0,

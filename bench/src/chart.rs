@@ -106,6 +106,7 @@ fn draw_panel<DB: DrawingBackend>(
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
+        .y_labels(10)
         .y_label_formatter(&|value| headline.format(*value))
         .draw()
         .map_err(plot_error)?;
@@ -138,6 +139,25 @@ fn draw_panel<DB: DrawingBackend>(
         .background_style(WHITE.mix(0.85))
         .draw()
         .map_err(plot_error)?;
+    // Each bar's value above it, in the root's pixel coordinates.
+    let value_style = TextStyle::from(("sans-serif", 10).into_font())
+        .pos(Pos::new(HPos::Center, VPos::Bottom))
+        .color(&BLACK);
+    for (index, target) in targets.iter().enumerate() {
+        for (case, (_, runs)) in group.cases.iter().enumerate() {
+            let Some(value) = runs.get(*target).and_then(|r| headline.value(r)) else {
+                continue;
+            };
+            let x = case as f64 + 0.1 + (index as f64 + 0.45) * slot;
+            let (px, py) = chart.backend_coord(&(x, value.max(floor)));
+            root.draw(&Text::new(
+                headline.format(value),
+                (px, py - 2),
+                value_style.clone(),
+            ))
+            .map_err(plot_error)?;
+        }
+    }
     // Case labels under each group of bars, in the root's pixel coordinates.
     let label_style = TextStyle::from(("sans-serif", 11).into_font())
         .pos(Pos::new(HPos::Center, VPos::Top))

@@ -109,7 +109,7 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub(crate) url: String,
     /// JWT for Sockeye (sent as `Authorization: Bearer`).
-    #[arg(long, env = "SOCKEYE_BENCH_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "BENCH_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
     /// PID of the target process: its CPU time and RSS are reported.
     #[arg(long, value_name = "PID")]
@@ -168,6 +168,8 @@ pub(crate) struct PublishArgs {
     pub(crate) max_messages: u64,
     /// Messages a publisher may be ahead of its slowest subscriber; keep it
     /// below the target's per-connection queue (Sockeye: limits.outbound_queue).
+    /// Also capped at 200,000 deliveries in flight per topic at max rate,
+    /// and at half a second of messages at a fixed rate.
     #[arg(long, default_value_t = 512)]
     pub(crate) window: u64,
     /// After publishing stops, how long to wait for the last deliveries.
@@ -292,6 +294,14 @@ pub(crate) struct BaselineArgs {
     /// Largest frame accepted.
     #[arg(long, default_value = "1 MiB")]
     pub(crate) max_frame: Size,
+    /// Compression threshold announced in `welcome`: publishers compress
+    /// frames whose body is larger (the baseline itself never compresses).
+    #[arg(
+        long,
+        default_value = "1 KiB",
+        env = "BENCH_BASELINE_COMPRESSION_THRESHOLD"
+    )]
+    pub(crate) compression_threshold: Size,
     /// Stop by itself after this long (every run is bounded).
     #[arg(long, default_value = "2h", value_parser = parse_duration)]
     pub(crate) max_lifetime: Duration,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use flate2::{Decompress, FlushDecompress, Status};
+use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use sockeye_protocol::{
@@ -441,9 +441,10 @@ impl Client {
             payload: Payload::binary(data),
             ack,
         };
+        let plain = request.encode_frame(&Compression::OFF);
         (
             Some(id),
-            Message::Binary(request.encode_frame(&self.compression)),
+            Message::Binary(compress_frame(plain, &self.compression)),
         )
     }
 
@@ -558,7 +559,55 @@ fn sockeye_event(frame: &Bytes) -> anyhow::Result<Option<Event>> {
     }
 }
 
+/// Compresses a plain frame as the protocol says a sender should: when its
+/// body is over the threshold and compression makes it smaller.
+///
+/// Same result as `encode_frame` with compression, but with one reused
+/// compressor per thread: a fresh one allocates and clears a few hundred KiB
+/// per frame (about 170 us per 1 KiB frame, against 19 us reused), which
+/// would cap a publisher at a few thousand messages per second.
+fn compress_frame(plain: Bytes, compression: &Compression) -> Bytes {
+    let body = &plain[1..];
+    if body.len() <= compression.threshold {
+        return plain;
+    }
+    DEFLATER.with(|deflater| {
+        let mut deflater = deflater.borrow_mut();
+        let (encoder, level) = &mut *deflater;
+        if *level != compression.level {
+            *encoder = Compress::new(flate2::Compression::new(compression.level.min(9)), false);
+            *level = compression.level;
+        }
+        encoder.reset();
+        let mut out = Vec::with_capacity(body.len() / 2 + 64);
+        out.push(frame::FLAG_DEFLATE);
+        loop {
+            let consumed = usize::try_from(encoder.total_in()).unwrap_or(usize::MAX);
+            match encoder.compress_vec(
+                body.get(consumed..).unwrap_or_default(),
+                &mut out,
+                FlushCompress::Finish,
+            ) {
+                Ok(Status::StreamEnd) => break,
+                Ok(_) => out.reserve(out.capacity().max(1024)),
+                // Compressing into a Vec cannot fail; if it did, the plain
+                // frame is always correct.
+                Err(_) => return plain.clone(),
+            }
+        }
+        if out.len() < plain.len() {
+            Bytes::from(out)
+        } else {
+            plain.clone()
+        }
+    })
+}
+
 thread_local! {
+    /// Each worker thread's compressor and its level.
+    static DEFLATER: RefCell<(Compress, u32)> =
+        RefCell::new((Compress::new(flate2::Compression::new(1), false), 1));
+
     /// Each worker thread's inflater: subscribers inflate thousands of
     /// frames per second, and a fresh decoder per frame (as
     /// `frame::open` makes) allocates and clears tens of KiB each time,
@@ -696,6 +745,40 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn published_frames_compress_like_the_protocol_and_decode_with_it() {
+        let mut data = crate::scenario::payload_template(16 * 1024);
+        Stamp {
+            stream: 0,
+            seq: 1,
+            sent_ns: 2,
+        }
+        .write(&mut data);
+        let request = ClientMessage::Publish {
+            id: 5,
+            topic: "bench.x".into(),
+            payload: Payload::binary(&data),
+            ack: false,
+        };
+        for _ in 0..3 {
+            let frame = compress_frame(
+                request.encode_frame(&Compression::OFF),
+                &Compression::default(),
+            );
+            assert_eq!(frame[0], frame::FLAG_DEFLATE);
+            assert!(frame.len() < data.len() / 2);
+            let body = frame::open(&frame, 1 << 20).unwrap();
+            assert_eq!(ClientMessage::decode(&body).unwrap(), request);
+        }
+        let small = ClientMessage::Ping { id: 1 }.encode_frame(&Compression::OFF);
+        assert_eq!(
+            compress_frame(small.clone(), &Compression::default()),
+            small
+        );
+        let off = compress_frame(request.encode_frame(&Compression::OFF), &Compression::OFF);
+        assert_eq!(off[0], 0);
     }
 
     #[test]

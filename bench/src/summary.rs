@@ -118,14 +118,11 @@ pub(crate) fn groups(reports: &[Report]) -> Vec<Group<'_>> {
                 groups.last_mut().expect("just pushed")
             }
         };
-        let case = match group
-            .cases
-            .iter()
-            .position(|(case, _)| *case == report.case)
-        {
+        let name = case_name(report);
+        let case = match group.cases.iter().position(|(case, _)| *case == name) {
             Some(index) => &mut group.cases[index].1,
             None => {
-                group.cases.push((report.case.clone(), BTreeMap::new()));
+                group.cases.push((name, BTreeMap::new()));
                 &mut group.cases.last_mut().expect("just pushed").1
             }
         };
@@ -133,6 +130,18 @@ pub(crate) fn groups(reports: &[Report]) -> Vec<Group<'_>> {
         case.insert(report.target.clone(), report);
     }
     groups
+}
+
+/// The case a report belongs to: its case, and its label when the case does
+/// not already name it, so that e.g. the same fan-out with compression off is
+/// a case of its own.
+fn case_name(report: &Report) -> String {
+    match &report.label {
+        Some(label) if !report.case.contains(label.as_str()) => {
+            format!("{}, {label}", report.case)
+        }
+        _ => report.case.clone(),
+    }
 }
 
 /// Reads every `*.json` report in `dir`.
@@ -271,7 +280,7 @@ fn details(reports: &[Report]) -> String {
             out,
             "| {} | {} | {} | {} {} | {} | {} | {} | {}/{} | {} | {} | {} | {} |",
             report.scenario,
-            report.case,
+            case_name(report),
             report.target,
             human_rate(report.rate_per_s),
             report.rate_unit,

@@ -5,7 +5,7 @@
 //! delivered/expected is exactly 1.0; it never checks speed.
 //!
 //! Needs the `sockeye` binary next to `sockeye-bench` (run `cargo build -p
-//! sockeye` first, or set `SOCKEYE_BIN`) and `nats-server` on the `PATH`
+//! sockeye` first, or set `BENCH_SOCKEYE_BIN`) and `nats-server` on the `PATH`
 //! (`apt-get install -y nats-server`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -66,11 +66,11 @@ fn bench_exe() -> PathBuf {
 }
 
 fn sockeye_exe() -> PathBuf {
-    let path = std::env::var_os("SOCKEYE_BIN")
+    let path = std::env::var_os("BENCH_SOCKEYE_BIN")
         .map_or_else(|| bench_exe().with_file_name("sockeye"), PathBuf::from);
     assert!(
         path.exists(),
-        "{} not found: build the broker first (`cargo build -p sockeye`) or set SOCKEYE_BIN",
+        "{} not found: build the broker first (`cargo build -p sockeye`) or set BENCH_SOCKEYE_BIN",
         path.display()
     );
     path
@@ -109,7 +109,15 @@ fn start_sockeye() -> Target {
     assert!(token.status.success(), "sockeye token: {token:?}");
     let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
     let port = free_port();
-    let child = Command::new(sockeye_exe())
+    let mut serve = Command::new(sockeye_exe());
+    // The broker reads every SOCKEYE_* variable as configuration and rejects
+    // unknown keys: the test's environment must not leak into it.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SOCKEYE_") {
+            serve.env_remove(name);
+        }
+    }
+    let child = serve
         .arg("serve")
         .arg("--config")
         .arg(bench_config())
@@ -201,11 +209,11 @@ fn run_bench(args: &[String], token: Option<&str>) -> Output {
     command
         .args(args)
         .env("RUST_LOG", "warn")
-        .env_remove("SOCKEYE_BENCH_TOKEN")
+        .env_remove("BENCH_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(token) = token {
-        command.env("SOCKEYE_BENCH_TOKEN", token);
+        command.env("BENCH_TOKEN", token);
     }
     let mut child = command.spawn().unwrap();
     let deadline = Instant::now() + RUN_TIMEOUT;

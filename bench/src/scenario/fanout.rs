@@ -29,6 +29,10 @@ use crate::report::{Errors, Report};
 use crate::scenario::{Outcome, RunContext, payload_template, per_second};
 use crate::wire::Stamp;
 
+/// Most deliveries a max-rate publisher keeps in flight (window times
+/// subscribers).
+const MAX_DELIVERIES_IN_FLIGHT: u64 = 200_000;
+
 /// Messages written before one flush.
 const PUBLISH_BATCH: u64 = 64;
 
@@ -85,7 +89,12 @@ pub(crate) async fn run(context: &RunContext, plan: FanoutPlan) -> anyhow::Resul
     // last block is finished quickly and at the rate.
     let window = match message_rate {
         Some(rate) => ((rate * 0.5) as u64).clamp(8, publish.window.max(8)),
-        None => publish.window,
+        // At max rate, about 200k deliveries in flight per topic are enough
+        // to keep every target busy; more only adds queueing (and, with
+        // thousands of subscribers, whole seconds to finish the last block).
+        None => publish
+            .window
+            .min((MAX_DELIVERIES_IN_FLIGHT / per_topic).max(8)),
     };
     let windows: Vec<Arc<Window>> = (0..publishers)
         .map(|_| Arc::new(Window::new(window, per_topic)))
