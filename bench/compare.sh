@@ -14,7 +14,8 @@
 #   BENCH_PROFILE     full (default) or quick
 #   BENCH_DURATION    publishing time per run (default 5s; quick: 2s)
 #   BENCH_TARGETS     targets to run (default "sockeye baseline nats")
-#   BENCH_RESULTS     where JSON, summary.md and chart.svg go (default bench/results)
+#   BENCH_RESULTS     where JSON, summary.md and chart.svg go (default bench/results;
+#                     its *.json files are deleted first)
 #   BENCH_DOCS        markdown file whose results section is replaced
 #                     (default docs/benchmarks.md; set to "" to leave it alone)
 #   BENCH_PORT_BASE   first of the loopback ports used (default 39080):
