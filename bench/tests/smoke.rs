@@ -1,0 +1,468 @@
+//! CI smoke of the load generator: every scenario for a second or two with
+//! tiny sizes, against real target processes (the `sockeye` binary of this
+//! workspace, the baseline broadcaster, nats-server), through the real
+//! command line. It checks that reports are produced and that
+//! delivered/expected is exactly 1.0; it never checks speed.
+//!
+//! Needs the `sockeye` binary next to `sockeye-bench` (run `cargo build -p
+//! sockeye` first, or set `BENCH_SOCKEYE_BIN`) and `nats-server` on the `PATH`
+//! (`apt-get install -y nats-server`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest any one generator run may take here before the test fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Longest a target may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A child process that is killed when the test ends, whatever happens.
+struct Process {
+    child: Child,
+    name: &'static str,
+}
+
+impl Process {
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Waits until the process accepts TCP connections on `port`.
+    fn wait_listening(&mut self, port: u16) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{} exited before listening: {status}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{} did not listen on {port} within {START_TIMEOUT:?}",
+            self.name
+        );
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bench_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sockeye-bench"))
+}
+
+fn sockeye_exe() -> PathBuf {
+    let path = std::env::var_os("BENCH_SOCKEYE_BIN")
+        .map_or_else(|| bench_exe().with_file_name("sockeye"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{} not found: build the broker first (`cargo build -p sockeye`) or set BENCH_SOCKEYE_BIN",
+        path.display()
+    );
+    path
+}
+
+fn bench_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sockeye-bench.toml")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running target and how to reach it.
+struct Target {
+    name: &'static str,
+    url: String,
+    token: Option<String>,
+    process: Process,
+    _dir: tempfile::TempDir,
+}
+
+fn start_sockeye() -> Target {
+    let dir = tempfile::tempdir().unwrap();
+    let token = Command::new(sockeye_exe())
+        .args(["token", "--sub", "bench", "--ttl", "1h", "--config"])
+        .arg(bench_config())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "sockeye token: {token:?}");
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let port = free_port();
+    let mut serve = Command::new(sockeye_exe());
+    // The broker reads every SOCKEYE_* variable as configuration and rejects
+    // unknown keys: the test's environment must not leak into it.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SOCKEYE_") {
+            serve.env_remove(name);
+        }
+    }
+    let child = serve
+        .arg("serve")
+        .arg("--config")
+        .arg(bench_config())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut process = Process {
+        child,
+        name: "sockeye",
+    };
+    process.wait_listening(port);
+    Target {
+        name: "sockeye",
+        url: format!("ws://127.0.0.1:{port}/ws"),
+        token: Some(token),
+        process,
+        _dir: dir,
+    }
+}
+
+fn start_baseline() -> Target {
+    let port = free_port();
+    let child = Command::new(bench_exe())
+        .args(["baseline", "--max-lifetime", "5m", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut process = Process {
+        child,
+        name: "baseline",
+    };
+    process.wait_listening(port);
+    Target {
+        name: "baseline",
+        url: format!("ws://127.0.0.1:{port}/ws"),
+        token: None,
+        process,
+        _dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn start_nats() -> Target {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_port, ws_port) = (free_port(), free_port());
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "host: 127.0.0.1\nport: {client_port}\nhttp_port: 0\n\
+             websocket {{\n  host: 127.0.0.1\n  port: {ws_port}\n  no_tls: true\n}}\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nats-server")
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!(
+                "cannot run nats-server ({err}): install it with `apt-get install -y nats-server`"
+            )
+        });
+    let mut process = Process {
+        child,
+        name: "nats-server",
+    };
+    process.wait_listening(ws_port);
+    Target {
+        name: "nats",
+        url: format!("ws://127.0.0.1:{ws_port}"),
+        token: None,
+        process,
+        _dir: dir,
+    }
+}
+
+/// Runs `sockeye-bench` with a time limit and returns its output.
+fn run_bench(args: &[String], token: Option<&str>) -> Output {
+    let mut command = Command::new(bench_exe());
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("BENCH_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(token) = token {
+        command.env("BENCH_TOKEN", token);
+    }
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "sockeye-bench {args:?} ran over {RUN_TIMEOUT:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs one scenario against `target` and returns its JSON report, after
+/// checking that it succeeded and lost nothing.
+fn scenario(target: &Target, results: &Path, scenario: &str, args: &[&str]) -> Value {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let json = results.join(format!("{scenario}-{run}-{}.json", target.name));
+    let mut full: Vec<String> = vec![
+        scenario.into(),
+        "--target".into(),
+        target.name.into(),
+        "--url".into(),
+        target.url.clone(),
+        "--broker-pid".into(),
+        target.process.pid(),
+        "--json".into(),
+        json.display().to_string(),
+        "--connect-concurrency".into(),
+        "32".into(),
+    ];
+    full.extend(args.iter().map(|arg| (*arg).to_owned()));
+    let output = run_bench(&full, target.token.as_deref());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{scenario} on {} failed ({}):\n{stdout}\n{stderr}",
+        target.name,
+        output.status
+    );
+    assert!(stdout.contains("delivered/expected"), "no table: {stdout}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["scenario"], scenario);
+    assert_eq!(report["target"], target.name);
+    assert_eq!(report["ok"], true, "{report:#}");
+    let expected = report["expected"].as_u64().unwrap();
+    assert!(expected > 0, "{scenario} expected nothing: {report:#}");
+    assert_eq!(
+        report["delivered"].as_u64().unwrap(),
+        expected,
+        "{report:#}"
+    );
+    assert_eq!(report["delivery_ratio"].as_f64().unwrap(), 1.0);
+    assert!(
+        report["errors"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+    assert!(
+        report["broker"]["rss_after_kib"].as_u64().unwrap() > 0,
+        "the target's memory was not sampled: {report:#}"
+    );
+    report
+}
+
+/// The scenarios every target supports.
+fn shared_scenarios(target: &Target, results: &Path) {
+    let fanout = scenario(
+        target,
+        results,
+        "fanout",
+        &["--subscribers", "5", "--size", "100", "--duration", "1s"],
+    );
+    assert!(fanout["latency_us"]["count"].as_u64().unwrap() > 0);
+    // Over 1 KiB: Sockeye frames take the compressed path.
+    scenario(
+        target,
+        results,
+        "fanout",
+        &[
+            "--subscribers",
+            "3",
+            "--size",
+            "2KiB",
+            "--rate",
+            "600",
+            "--duration",
+            "1s",
+        ],
+    );
+    scenario(
+        target,
+        results,
+        "topics",
+        &[
+            "--publishers",
+            "3",
+            "--subscribers",
+            "3",
+            "--duration",
+            "1s",
+        ],
+    );
+    let idle = scenario(
+        target,
+        results,
+        "idle",
+        &["--connections", "50", "--settle", "500ms", "--subscribe"],
+    );
+    assert!(idle["extra"]["broker_rss_bytes_per_connection"].is_number());
+    scenario(
+        target,
+        results,
+        "churn",
+        &["--concurrency", "4", "--duration", "1s"],
+    );
+}
+
+#[test]
+fn sockeye_runs_every_scenario_and_the_report_summarises_them() {
+    let target = start_sockeye();
+    let results = tempfile::tempdir().unwrap();
+    shared_scenarios(&target, results.path());
+    let durable = scenario(
+        &target,
+        results.path(),
+        "durable",
+        &[
+            "--publishers",
+            "5",
+            "--inflight",
+            "2",
+            "--duration",
+            "1s",
+            "--label",
+            "fsync",
+        ],
+    );
+    assert!(durable["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+    let resume = scenario(
+        &target,
+        results.path(),
+        "resume",
+        &["--messages", "500", "--inflight", "64"],
+    );
+    assert_eq!(resume["expected"], 500);
+    assert!(resume["extra"]["replay_seconds"].as_f64().unwrap() > 0.0);
+
+    let docs = results.path().join("benchmarks.md");
+    std::fs::write(
+        &docs,
+        "# B\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\ntail\n",
+    )
+    .unwrap();
+    let summary = results.path().join("summary.md");
+    let chart = results.path().join("chart.svg");
+    let output = run_bench(
+        &[
+            "report".into(),
+            "--results".into(),
+            results.path().display().to_string(),
+            "--markdown".into(),
+            summary.display().to_string(),
+            "--svg".into(),
+            chart.display().to_string(),
+            "--docs".into(),
+            docs.display().to_string(),
+        ],
+        None,
+    );
+    assert!(output.status.success(), "report: {output:?}");
+    let summary = std::fs::read_to_string(summary).unwrap();
+    for heading in [
+        "Fan-out at max rate",
+        "Fan-out at a fixed rate",
+        "Many topics",
+        "Idle connections",
+        "Durable publish",
+        "Resume",
+        "Connection churn",
+        "Every run",
+    ] {
+        assert!(summary.contains(heading), "no {heading:?} in:\n{summary}");
+    }
+    assert!(!summary.contains("not ok"), "{summary}");
+    let chart = std::fs::read_to_string(chart).unwrap();
+    assert!(
+        chart.starts_with("<svg") && chart.contains("sockeye"),
+        "{chart}"
+    );
+    let docs = std::fs::read_to_string(docs).unwrap();
+    assert!(docs.contains("Connection churn") && !docs.contains("old") && docs.ends_with("tail\n"));
+}
+
+#[test]
+fn baseline_runs_the_shared_scenarios() {
+    let target = start_baseline();
+    let results = tempfile::tempdir().unwrap();
+    shared_scenarios(&target, results.path());
+}
+
+#[test]
+fn nats_runs_the_shared_scenarios() {
+    let target = start_nats();
+    let results = tempfile::tempdir().unwrap();
+    shared_scenarios(&target, results.path());
+}
+
+#[test]
+fn a_bad_token_or_an_unsupported_scenario_fails_with_a_clear_message() {
+    let target = start_sockeye();
+    let output = run_bench(
+        &[
+            "fanout".into(),
+            "--target".into(),
+            "sockeye".into(),
+            "--url".into(),
+            target.url.clone(),
+            "--subscribers".into(),
+            "1".into(),
+        ],
+        Some("not-a-jwt"),
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("HTTP 401") && stderr.contains("token_malformed"),
+        "{stderr}"
+    );
+
+    let baseline = start_baseline();
+    let output = run_bench(
+        &[
+            "durable".into(),
+            "--target".into(),
+            "baseline".into(),
+            "--url".into(),
+            baseline.url.clone(),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("only --target sockeye supports it"),
+        "{output:?}"
+    );
+}
