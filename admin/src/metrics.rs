@@ -277,6 +277,18 @@ impl Collector for BrokerCollector {
         )?;
         histogram(
             e,
+            "sockeye_store_flush_duration_seconds",
+            "Time of each history store flush (sled flush plus fdatasync).",
+            &broker.store().flush_latency,
+        )?;
+        histogram(
+            e,
+            "sockeye_store_flush_batch_writes",
+            "Appends made durable by each flush: how many publishes share one fsync.",
+            &broker.store().flush_batch,
+        )?;
+        histogram(
+            e,
             "sockeye_publish_to_deliver_seconds",
             "Time from a publish being accepted to its frame being queued to every live subscriber.",
             &stats.fanout_latency,

@@ -21,6 +21,11 @@ pub const LATENCY_BOUNDS: &[f64] = &[
     1.0, 2.5, 5.0,
 ];
 
+/// Bucket upper bounds for counts (how many items a batch held).
+pub const BATCH_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
+];
+
 impl Histogram {
     /// An empty histogram with `bounds` (seconds, ascending).
     pub fn new(bounds: &'static [f64]) -> Self {
@@ -41,6 +46,20 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Records one observation of a count (for histograms of batch sizes;
+    /// the sum is then in items, not seconds).
+    pub fn observe_count(&self, count: u64) {
+        let value = count as f64;
+        if let Some(index) = self.bounds.iter().position(|bound| value <= *bound) {
+            self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        // Stored in millionths, like durations in microseconds, so that
+        // `snapshot().sum_seconds` reads back the plain count.
+        self.sum_micros
+            .fetch_add(count.saturating_mul(1_000_000), Ordering::Relaxed);
     }
 
     /// Cumulative counts per bound (Prometheus `le` buckets), the total count

@@ -42,6 +42,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Durability, StoreConfig};
+use crate::stats::{BATCH_BOUNDS, Histogram, LATENCY_BOUNDS};
 
 /// Largest epoch value: epochs stay below 2^53.
 const EPOCH_LIMIT: u64 = 1 << 53;
@@ -125,6 +126,11 @@ pub struct Store {
     synced_blobs: Mutex<HashSet<PathBuf>>,
     /// Set when the temporary flag is on (tests): no fsync at all.
     temporary: bool,
+    /// Duration of each flush (sled flush plus fsync), for the metrics.
+    pub flush_latency: Histogram,
+    /// Appends covered by each flush, for the metrics: how well concurrent
+    /// publishers share flushes.
+    pub flush_batch: Histogram,
 }
 
 impl std::fmt::Debug for Store {
@@ -210,6 +216,8 @@ impl Store {
             flush_requested: Notify::new(),
             synced_blobs: Mutex::new(HashSet::new()),
             temporary,
+            flush_latency: Histogram::new(LATENCY_BOUNDS),
+            flush_batch: Histogram::new(BATCH_BOUNDS),
         };
         store.delete_orphaned_streams()?;
         Ok(store)
@@ -493,9 +501,12 @@ impl Store {
         if self.temporary {
             return Ok(());
         }
+        // fdatasync, not fsync: sled preallocates its segments, so the file's
+        // size rarely changes and its other metadata is not needed to read
+        // the data back.
         let db_file = self.dir.join("db");
         File::open(&db_file)
-            .and_then(|file| file.sync_all())
+            .and_then(|file| file.sync_data())
             .map_err(io_error(&db_file))?;
         self.sync_new_blobs()
     }
@@ -549,11 +560,15 @@ impl Store {
                 _ = ticker.tick() => false,
             };
             let target = self.written.load(Ordering::Acquire);
-            if target > *self.durable.borrow() || stop {
+            let covered = *self.durable.borrow();
+            if target > covered || stop {
                 let store = Arc::clone(&self);
+                let started = std::time::Instant::now();
                 let result = tokio::task::spawn_blocking(move || store.flush_blocking()).await;
                 match result {
                     Ok(Ok(())) => {
+                        self.flush_latency.observe(started.elapsed());
+                        self.flush_batch.observe_count(target - covered);
                         self.durable.send_replace(target);
                     }
                     Ok(Err(err)) => {

@@ -14,12 +14,12 @@
 //! most the configured number of bytes, so an inflate bomb costs at most that
 //! much memory before it is rejected.
 
-use std::io::{Read, Write};
+use std::cell::RefCell;
 
 use bytes::Bytes;
-use flate2::Compression as DeflateLevel;
-use flate2::read::DeflateDecoder;
-use flate2::write::DeflateEncoder;
+use flate2::{
+    Compress, Compression as DeflateLevel, Decompress, FlushCompress, FlushDecompress, Status,
+};
 
 use crate::error::DecodeError;
 
@@ -117,17 +117,54 @@ impl FrameBuf {
     }
 }
 
+thread_local! {
+    /// One raw-deflate compressor per thread, reset for each frame: building
+    /// a fresh one costs far more than compressing a small frame (it
+    /// allocates and clears hundreds of kilobytes of state).
+    static COMPRESSOR: RefCell<Option<(u32, Compress)>> = const { RefCell::new(None) };
+    /// One raw-deflate decompressor per thread, reset for each frame.
+    static DECOMPRESSOR: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+}
+
 /// Deflates `body` into a complete compressed frame (header included), or
 /// returns `None` when the result would not be smaller.
 fn deflate(body: &[u8], level: u32) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(body.len() / 2 + 16);
-    out.push(FLAG_DEFLATE);
-    let mut encoder = DeflateEncoder::new(out, DeflateLevel::new(level.min(9)));
-    // Writing into a Vec cannot fail; an error here would be a flate2 bug,
-    // and sending the frame uncompressed is always correct.
-    encoder.write_all(body).ok()?;
-    let out = encoder.finish().ok()?;
-    (out.len() < body.len() + 1).then_some(out)
+    let level = level.min(9);
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compress = match &mut *slot {
+            Some((current, compress)) if *current == level => {
+                compress.reset();
+                compress
+            }
+            other => {
+                let (_, compress) =
+                    other.insert((level, Compress::new(DeflateLevel::new(level), false)));
+                compress
+            }
+        };
+        // Worth it only if the frame shrinks: never let the output grow past
+        // the plain frame's size.
+        let limit = body.len() + 1;
+        let mut out = Vec::with_capacity((body.len() / 2 + 64).min(limit));
+        out.push(FLAG_DEFLATE);
+        loop {
+            let consumed = usize::try_from(compress.total_in()).ok()?;
+            let status = compress
+                .compress_vec(&body[consumed..], &mut out, FlushCompress::Finish)
+                .ok()?;
+            if status == Status::StreamEnd {
+                break;
+            }
+            if out.len() >= limit {
+                return None;
+            }
+            if out.len() == out.capacity() {
+                out.reserve((out.capacity()).min(limit - out.len()).max(64));
+            }
+        }
+        (out.len() < limit).then_some(out)
+    })
 }
 
 /// Opens a received frame and returns its MessagePack body, inflated if the
@@ -153,18 +190,45 @@ pub fn open(frame: &Bytes, max_inflated: usize) -> Result<Bytes, DecodeError> {
 }
 
 fn inflate(compressed: &[u8], max_inflated: usize) -> Result<Vec<u8>, DecodeError> {
-    let limit = u64::try_from(max_inflated).unwrap_or(u64::MAX);
-    let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(max_inflated));
-    DeflateDecoder::new(compressed)
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|err| DecodeError::Inflate {
-            reason: err.to_string(),
-        })?;
-    if out.len() > max_inflated {
-        return Err(DecodeError::InflateLimit {
-            limit: max_inflated,
-        });
-    }
-    Ok(out)
+    // Output may grow to one byte past the limit, which proves the limit was
+    // exceeded without ever allocating more.
+    let cap = max_inflated.saturating_add(1);
+    DECOMPRESSOR.with(|cell| {
+        let mut decompress = cell.borrow_mut();
+        decompress.reset(false);
+        let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).clamp(64, cap));
+        loop {
+            let consumed = usize::try_from(decompress.total_in()).unwrap_or(usize::MAX);
+            let input = compressed.get(consumed..).unwrap_or_default();
+            let before = (consumed, out.len());
+            let status = decompress
+                .decompress_vec(input, &mut out, FlushDecompress::None)
+                .map_err(|err| DecodeError::Inflate {
+                    reason: err.to_string(),
+                })?;
+            if out.len() > max_inflated {
+                return Err(DecodeError::InflateLimit {
+                    limit: max_inflated,
+                });
+            }
+            if status == Status::StreamEnd {
+                return Ok(out);
+            }
+            if out.len() == out.capacity() {
+                if out.capacity() >= cap {
+                    return Err(DecodeError::InflateLimit {
+                        limit: max_inflated,
+                    });
+                }
+                out.reserve(out.capacity().min(cap - out.len()));
+                continue;
+            }
+            let consumed_now = usize::try_from(decompress.total_in()).unwrap_or(usize::MAX);
+            if (consumed_now, out.len()) == before {
+                return Err(DecodeError::Inflate {
+                    reason: "the deflate stream ends before its final block".into(),
+                });
+            }
+        }
+    })
 }

@@ -131,7 +131,8 @@ async fn metrics_are_prometheus_text_named_by_convention() {
         );
     }
     // Every family is ours (or the standard process one), counters end in
-    // _total, histograms are in seconds with cumulative buckets.
+    // _total, histograms name their base unit (seconds, or the items a batch
+    // counts) and have cumulative buckets.
     let mut families = 0;
     for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {
         let mut parts = line["# TYPE ".len()..].split(' ');
@@ -144,7 +145,10 @@ async fn metrics_are_prometheus_text_named_by_convention() {
         match kind {
             "counter" => assert!(name.ends_with("_total"), "{name}"),
             "histogram" => {
-                assert!(name.ends_with("_seconds"), "{name}");
+                assert!(
+                    name.ends_with("_seconds") || name.ends_with("_writes"),
+                    "{name}"
+                );
                 let buckets: Vec<u64> = text
                     .lines()
                     .filter(|line| line.starts_with(&format!("{name}_bucket{{")))
