@@ -11,6 +11,20 @@ use crate::cli::CommonArgs;
 /// The default configuration file, printed by `sockeye config`.
 pub(crate) const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
 
+/// The top-level sections of the configuration file.
+const SECTIONS: [&str; 10] = [
+    "server",
+    "admin",
+    "auth",
+    "limits",
+    "heartbeat",
+    "websocket",
+    "store",
+    "retention",
+    "shutdown",
+    "tls",
+];
+
 /// Builds the configuration from every layer and validates it.
 pub(crate) fn load(
     common: &CommonArgs,
@@ -25,7 +39,14 @@ pub(crate) fn load(
         );
         figment = figment.merge(Toml::file(path));
     }
-    figment = figment.merge(Env::prefixed("SOCKEYE_").split("__"));
+    // Only variables naming one of our sections are configuration, so an
+    // unrelated SOCKEYE_SOMETHING in the environment cannot stop the broker;
+    // a wrong key inside a known section is still an error.
+    figment = figment.merge(
+        Env::prefixed("SOCKEYE_")
+            .split("__")
+            .filter(|key| SECTIONS.contains(&key.as_str().split('.').next().unwrap_or_default())),
+    );
     if let Some(data_dir) = &common.data_dir {
         figment = figment.merge(Serialized::default("server.data_dir", data_dir));
     }
@@ -47,6 +68,16 @@ mod tests {
             .extract()
             .expect("config/default.toml parses");
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn sections_list_every_top_level_key() {
+        let defaults = toml::Table::try_from(Config::default()).expect("config serializes");
+        let mut keys: Vec<&str> = defaults.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut sections = SECTIONS.to_vec();
+        sections.sort_unstable();
+        assert_eq!(keys, sections);
     }
 
     #[test]
