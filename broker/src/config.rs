@@ -237,7 +237,9 @@ pub struct HeartbeatConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSocketConfig {
-    /// Read buffer per connection. Small keeps idle connections cheap.
+    /// Read buffer per connection, and the most read per syscall. It is
+    /// resident for every connection (tungstenite zero-fills it), so small
+    /// keeps idle connections cheap; larger frames take more reads.
     pub read_buffer: ByteSize,
     /// Bytes of outgoing frames gathered before a socket write.
     pub write_buffer: ByteSize,
@@ -380,7 +382,7 @@ impl Default for HeartbeatConfig {
 impl Default for WebSocketConfig {
     fn default() -> Self {
         Self {
-            read_buffer: ByteSize::kib(4),
+            read_buffer: ByteSize::kib(2),
             write_buffer: ByteSize::kib(16),
             compression_threshold: ByteSize::kib(1),
             compression_level: 1,
