@@ -6,14 +6,15 @@
 # Tests drive a few programs besides our own code. On a fresh Debian machine
 # this script installs whichever are missing first (needs root, and access to
 # Debian's, PyPI's and npm's registries):
-#   - Debian: chromium (browser tests), curl, nginx and haproxy (proxy tests)
+#   - Debian: chromium (browser tests), curl (admin walkthrough),
+#             nats-server (benchmark smoke against NATS), nginx and haproxy (proxy tests)
 #   - PyPI:   websockets, msgpack (examples/python/requirements.txt)
 #   - npm:    playwright-core (examples/browser-chat/package-lock.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for tool in chromium curl; do
+for tool in chromium curl nats-server; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -28,5 +29,7 @@ if [ ! -d examples/browser-chat/node_modules/playwright-core ]; then
   npm ci --prefix examples/browser-chat --no-audit --no-fund
 fi
 
+# The benchmark smoke drives the sockeye binary as a separate process.
+cargo build -p sockeye
 cargo test --workspace --all-targets
 cargo test --workspace --doc
