@@ -6,10 +6,14 @@
 # this script installs whichever are missing first (needs root, and network
 # access to Debian's and PyPI's package registries):
 #   - python3 packages `websockets` and `msgpack` (the Python example client)
+#   - Debian packages `nginx` and `haproxy` (tests/proxies.rs runs them in
+#     front of the broker; the tests fail without them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need_apt+=(nginx)
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || need_apt+=(haproxy)
 if ! python3 -c 'import websockets, msgpack' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check websockets msgpack
 fi
