@@ -109,6 +109,11 @@ pub struct ServerConfig {
     /// subdomain patterns (`https://*.example.com`) or `*` for any. Requests
     /// without an `Origin` header (non-browser clients) are not affected.
     pub allowed_origins: Vec<String>,
+    /// Addresses of reverse proxies in front of the broker. For connections
+    /// from one of them, the client's address is taken from
+    /// `X-Forwarded-For` (the rightmost entry that is not itself a trusted
+    /// proxy), for `max_connections_per_ip` and in the admin API.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Admin API settings.
@@ -320,6 +325,7 @@ impl Default for ServerConfig {
             handshake_rate: 1_000,
             handshake_burst: 2_000,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! check, `/healthz`, and graceful shutdown.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -94,6 +94,10 @@ async fn upgrade(
         Stats::add(&stats.connections_refused, 1);
         return unavailable("the broker is at its connection limit", 1);
     }
+    let remote = SocketAddr::new(
+        client_ip(remote, &headers, &config.server.trusted_proxies),
+        remote.port(),
+    );
     if !broker.claim_ip_slot(remote.ip()) {
         stats.connections.fetch_sub(1, Ordering::AcqRel);
         Stats::add(&stats.per_ip_refused, 1);
@@ -152,6 +156,27 @@ async fn upgrade(
         });
     stats.handshake_latency.observe(started.elapsed());
     response
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted
+/// proxy, the rightmost `X-Forwarded-For` entry that is not itself trusted
+/// (entries further left were written by the client and prove nothing).
+fn client_ip(remote: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&remote.ip()) {
+        return remote.ip();
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|entry| entry.trim().parse().ok())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(remote.ip())
 }
 
 /// Checks a browser's `Origin` against the allow-list; `Err` carries the
@@ -397,6 +422,28 @@ pub(crate) const DRAIN_CODE: CloseCode = CloseCode::GoingAway;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+        let proxy: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.7, 10.0.0.6"),
+        );
+        let trusted: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "10.0.0.6".parse().unwrap()];
+        // The client wrote 6.6.6.6 itself; the proxies vouch for 203.0.113.7.
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(proxy, &headers, &[]),
+            proxy.ip(),
+            "untrusted peer"
+        );
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy.ip());
+    }
 
     #[test]
     fn origin_patterns_match_exactly_or_by_subdomain() {

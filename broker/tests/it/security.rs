@@ -310,3 +310,57 @@ async fn publishing_more_bytes_per_second_than_allowed_is_rate_limited() {
         limited
     );
 }
+
+async fn connect_forwarded_for(broker: &TestBroker, client: &str) -> Result<Client, u16> {
+    let mut request = broker.url().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {}", broker.token("behind-proxy"))).unwrap(),
+    );
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", HeaderValue::from_str(client).unwrap());
+    Client::connect_request(request)
+        .await
+        .map_err(|refused| refused.status)
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_per_ip_limits_count_forwarded_clients() {
+    let broker = TestBroker::start_with(|config| {
+        config.server.max_connections_per_ip = 1;
+        config.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let _first = connect_forwarded_for(&broker, "198.51.100.1")
+        .await
+        .unwrap();
+    let _second = connect_forwarded_for(&broker, "198.51.100.2")
+        .await
+        .unwrap();
+    assert_eq!(
+        connect_forwarded_for(&broker, "198.51.100.1").await.err(),
+        Some(429)
+    );
+    let mut addresses: Vec<String> = broker
+        .broker
+        .connections(None, 10)
+        .iter()
+        .map(|peer| peer.remote.ip().to_string())
+        .collect();
+    addresses.sort();
+    assert_eq!(addresses, ["198.51.100.1", "198.51.100.2"]);
+}
+
+#[tokio::test]
+async fn forwarded_addresses_from_untrusted_peers_are_ignored() {
+    let broker = TestBroker::start_with(|config| config.server.max_connections_per_ip = 1).await;
+    let _first = connect_forwarded_for(&broker, "198.51.100.1")
+        .await
+        .unwrap();
+    // A client cannot dodge the limit by claiming another address.
+    assert_eq!(
+        connect_forwarded_for(&broker, "198.51.100.2").await.err(),
+        Some(429)
+    );
+}
