@@ -130,7 +130,8 @@ start_target() {
         --data-dir "$WORK/sockeye-data-$RUN_INDEX" --listen "127.0.0.1:$port" >"$log_file" 2>&1 &
       ;;
     baseline)
-      env "$@" RUST_LOG=warn "$BENCH" baseline --listen "127.0.0.1:$port" --max-lifetime 1h >"$log_file" 2>&1 &
+      env "$@" RUST_LOG=warn "$BENCH" baseline --listen "127.0.0.1:$port" --max-lifetime 1h \
+        --read-buffer "2 KiB" --write-buffer "16 KiB" >"$log_file" 2>&1 &
       ;;
     nats)
       nats-server -c "$WORK/nats.conf" >"$log_file" 2>&1 &
