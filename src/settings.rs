@@ -25,6 +25,15 @@ const SECTIONS: [&str; 10] = [
     "tls",
 ];
 
+/// True if an environment key (prefix stripped, `__` turned into `.`, in
+/// whatever case it was written) starts with one of our sections.
+fn is_section_key(key: &str) -> bool {
+    let section = key.split('.').next().unwrap_or_default();
+    SECTIONS
+        .iter()
+        .any(|known| known.eq_ignore_ascii_case(section))
+}
+
 /// Builds the configuration from every layer and validates it.
 pub(crate) fn load(
     common: &CommonArgs,
@@ -45,7 +54,7 @@ pub(crate) fn load(
     figment = figment.merge(
         Env::prefixed("SOCKEYE_")
             .split("__")
-            .filter(|key| SECTIONS.contains(&key.as_str().split('.').next().unwrap_or_default())),
+            .filter(|key| is_section_key(key.as_str())),
     );
     if let Some(data_dir) = &common.data_dir {
         figment = figment.merge(Serialized::default("server.data_dir", data_dir));
@@ -78,6 +87,43 @@ mod tests {
         let mut sections = SECTIONS.to_vec();
         sections.sort_unstable();
         assert_eq!(keys, sections);
+    }
+
+    #[test]
+    fn environment_variables_override_the_file_and_unrelated_ones_are_ignored() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("sockeye.toml", "[websocket]\ncompression_level = 3\n")?;
+            jail.set_env("SOCKEYE_WEBSOCKET__COMPRESSION_THRESHOLD", "1 MiB");
+            jail.set_env("SOCKEYE_STORE__DURABILITY", "interval");
+            jail.set_env("SOCKEYE_BENCH_TOKEN", "not configuration");
+            let common = CommonArgs {
+                config: Some("sockeye.toml".into()),
+                data_dir: None,
+            };
+            let config = load(&common, vec![("server.listen", "127.0.0.1:9".into())])
+                .map_err(|err| format!("{err:#}"))?;
+            assert_eq!(config.websocket.compression_threshold.as_u64(), 1 << 20);
+            assert_eq!(config.websocket.compression_level, 3);
+            assert_eq!(
+                config.store.durability,
+                sockeye_broker::config::Durability::Interval
+            );
+            assert_eq!(config.server.listen.to_string(), "127.0.0.1:9");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_wrong_key_inside_a_section_is_an_error_even_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SOCKEYE_STORE__DURABILTY", "interval");
+            let common = CommonArgs {
+                config: None,
+                data_dir: None,
+            };
+            assert!(load(&common, Vec::new()).is_err());
+            Ok(())
+        });
     }
 
     #[test]

@@ -155,3 +155,92 @@ async fn healthz_answers_ok() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("ok"), "{response}");
 }
+
+/// Starts a broker verifying `algorithm` with a key pair generated now; the
+/// broker also gets the private key so it can mint tokens for the test.
+async fn broker_with_key(
+    algorithm: sockeye_broker::config::Algorithm,
+    key: &rcgen::KeyPair,
+    keys: &std::path::Path,
+) -> TestBroker {
+    let public = keys.join("public.pem");
+    let private = keys.join("private.pem");
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    std::fs::write(&private, key.serialize_pem()).unwrap();
+    TestBroker::start_with(|config| {
+        config.auth.algorithm = algorithm;
+        config.auth.public_key_file = Some(public);
+        config.auth.private_key_file = Some(private);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_verify_with_a_public_key_and_nothing_else_does() {
+    use sockeye_broker::config::Algorithm;
+    let keys = tempfile::tempdir().unwrap();
+    let cases = [
+        (Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256),
+        (Algorithm::RS256, &rcgen::PKCS_RSA_SHA256),
+    ];
+    for (algorithm, signature) in cases {
+        let key = rcgen::KeyPair::generate_for(signature).unwrap();
+        let broker = broker_with_key(algorithm, &key, keys.path()).await;
+        let client = Client::connect(&broker.url(), Carrier::Header, &broker.token("pk"))
+            .await
+            .unwrap_or_else(|refused| panic!("{algorithm:?} refused: {refused:?}"));
+        assert_eq!(client.welcome.subject, "pk");
+        // An HS256 token, even one signed with the public key's bytes as the
+        // secret (the classic algorithm-confusion attack), is refused.
+        let public_pem = std::fs::read(keys.path().join("public.pem")).unwrap();
+        let confused = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &Claims {
+                sub: "mallory".into(),
+                exp: Some(unix_now() + 600),
+                ..Claims::default()
+            },
+            &jsonwebtoken::EncodingKey::from_secret(&public_pem),
+        )
+        .unwrap();
+        assert_eq!(
+            refused(&broker, &confused).await,
+            (401, "token_wrong_algorithm".into()),
+            "{algorithm:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_enforced_when_configured() {
+    let broker = TestBroker::start_with(|config| {
+        config.auth.issuer = Some("https://id.example".into());
+        config.auth.audience = Some("sockeye".into());
+    })
+    .await;
+    // Minted tokens get the configured issuer and audience.
+    broker.client("ok").await;
+    let claims = |iss: &str, aud: &str| Claims {
+        sub: "x".into(),
+        exp: Some(unix_now() + 600),
+        iss: Some(iss.into()),
+        aud: Some(aud.into()),
+        ..Claims::default()
+    };
+    assert_eq!(
+        refused(
+            &broker,
+            &broker.token_with(claims("https://evil.example", "sockeye"))
+        )
+        .await,
+        (401, "token_bad_issuer".into())
+    );
+    assert_eq!(
+        refused(
+            &broker,
+            &broker.token_with(claims("https://id.example", "other"))
+        )
+        .await,
+        (401, "token_bad_audience".into())
+    );
+}
