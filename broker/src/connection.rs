@@ -11,13 +11,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sockeye_protocol::{
     ClientMessage, CloseCode, DecodeError, ErrorCode, MessageError, PROTOCOL_VERSION, Position,
@@ -34,6 +35,9 @@ use crate::topics::{SubscribeError, Subscriber};
 
 /// Frames written per drain of the outbound queue before one flush.
 const DRAIN_BATCH: usize = 256;
+
+/// Frames already received that are handled before one flush.
+const READ_BATCH: usize = 64;
 
 /// How long the broker waits for the client's close reply.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
@@ -244,13 +248,40 @@ impl Session {
         );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let max_pending = config.limits.max_pending_acks;
+        // The close signal and the expiry timer live across iterations, so a
+        // busy connection does not re-register them with the runtime on every
+        // event.
+        let peer = Arc::clone(&self.peer);
+        let close = peer.close_requested();
+        tokio::pin!(close);
+        let mut expiry: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)> = None;
         loop {
-            let expiry = self.next_expiry_event(config.auth.expiry_warning);
+            match (
+                self.next_expiry_event(config.auth.expiry_warning),
+                &mut expiry,
+            ) {
+                (None, slot) => *slot = None,
+                (Some(at), Some((current, timer))) => {
+                    if *current != at {
+                        timer.as_mut().reset(at);
+                        *current = at;
+                    } else if timer.is_elapsed() {
+                        // Fired, but nothing changed (the wall clock has not
+                        // quite reached `exp`): look again a little later
+                        // instead of firing again at once.
+                        let later = tokio::time::Instant::now() + Duration::from_millis(10);
+                        timer.as_mut().reset(later);
+                    }
+                }
+                (Some(at), slot @ None) => {
+                    *slot = Some((at, Box::pin(tokio::time::sleep_until(at))));
+                }
+            }
             // Unbiased on purpose: a connection that receives a steady stream
             // of deliveries must still get its socket read (pongs, requests),
             // or it would starve into a heartbeat timeout.
             let event = tokio::select! {
-                () = self.peer.close_requested() => {
+                () = &mut close => {
                     let (code, reason) = self
                         .peer
                         .close_reason()
@@ -271,14 +302,21 @@ impl Session {
                     Event::Incoming(incoming)
                 }
                 _ = heartbeat.tick() => Event::Heartbeat,
-                () = sleep_until_option(expiry) => Event::Expiry,
+                () = expiry_elapsed(&mut expiry) => Event::Expiry,
             };
             // Every write is bounded by the heartbeat timeout, so a client
             // that stops reading cannot pin this task (or its close) forever.
-            // Boxed, so the event handlers' futures take memory only while one
-            // runs instead of enlarging every idle connection's task.
-            let handled = Box::pin(self.handle_event(event, config));
-            match tokio::time::timeout(config.heartbeat.timeout, handled).await {
+            let limit = config.heartbeat.timeout;
+            let handled = match event {
+                // The hot path of a subscriber stays inline.
+                Event::Queued(frame) => tokio::time::timeout(limit, self.write_queued(frame)).await,
+                // The others are boxed, so their futures take memory only
+                // while one runs instead of enlarging every idle connection.
+                other => {
+                    tokio::time::timeout(limit, Box::pin(self.handle_event(other, config))).await
+                }
+            };
+            match handled {
                 Ok(Ok(None)) => {}
                 Ok(Ok(Some(ending))) => return ending,
                 Ok(Err(err)) => {
@@ -302,7 +340,20 @@ impl Session {
             Event::Queued(frame) => self.write_queued(frame).await,
             Event::Durable => self.write_durable_acks().await,
             Event::Incoming(incoming) => {
-                let ending = self.handle_incoming(incoming).await?;
+                let max_pending = config.limits.max_pending_acks;
+                let mut ending = self.handle_incoming(incoming).await?;
+                // Handle whatever else has already arrived before going back
+                // to the select and flushing: one wake-up and one flush serve
+                // a burst of pipelined requests.
+                for _ in 1..READ_BATCH {
+                    if ending.is_some() || self.pending_acks.len() >= max_pending {
+                        break;
+                    }
+                    match self.socket.next().now_or_never() {
+                        Some(incoming) => ending = self.handle_incoming(incoming).await?,
+                        None => break,
+                    }
+                }
                 self.socket.flush().await?;
                 Ok(ending)
             }
@@ -327,13 +378,21 @@ impl Session {
         // The shared byte counter is touched once per batch, not per frame:
         // it is one cache line contended by every connection.
         let mut bytes = self.feed_uncounted(first).await?;
+        let mut frames = 1;
         for _ in 1..DRAIN_BATCH {
             match self.inbox.try_recv() {
-                Ok(frame) => bytes += self.feed_uncounted(frame).await?,
+                Ok(frame) => {
+                    bytes += self.feed_uncounted(frame).await?;
+                    frames += 1;
+                }
                 Err(_) => break,
             }
         }
         Stats::add(&self.broker.stats().bytes_out, bytes);
+        self.peer
+            .counters
+            .delivered
+            .fetch_add(frames, Ordering::Relaxed);
         self.socket.flush().await?;
         Ok(None)
     }
@@ -459,7 +518,7 @@ impl Session {
                 topic,
                 payload,
                 ack,
-            } => self.publish(id, &topic, &payload, ack),
+            } => self.publish(id, topic, &payload, ack),
             ClientMessage::Ping { id } => Ok(Some(self.encode(&ServerMessage::Pong { id }))),
             ClientMessage::Refresh { id, token } => self.refresh(id, &token).map(Some),
             _ => Ok(None),
@@ -512,6 +571,7 @@ impl Session {
         let (exact, mut reply) = match filter.as_exact() {
             Some(topic) => {
                 let subscriber = Subscriber {
+                    outbox: self.peer.outbox(),
                     peer: Arc::clone(&self.peer),
                     cancel: cancel.clone(),
                 };
@@ -603,12 +663,12 @@ impl Session {
     fn publish(
         &mut self,
         id: RequestId,
-        text: &str,
+        text: String,
         payload: &sockeye_protocol::Payload,
         ack: bool,
     ) -> Result<Option<Bytes>, Refusal> {
         let max_topic = self.broker.config().limits.max_topic_length;
-        let topic = TopicName::parse(text, max_topic)
+        let topic = TopicName::from_string(text, max_topic)
             .map_err(|err| Refusal::new(ErrorCode::InvalidTopic, err.to_string()))?;
         if !self.identity.permissions.may_publish(&topic) {
             return Err(Refusal::new(
@@ -725,9 +785,10 @@ fn socket_error_ending(err: &axum::Error) -> Ending {
     }
 }
 
-async fn sleep_until_option(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+/// Resolves when the expiry timer, if any, fires.
+async fn expiry_elapsed(timer: &mut Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)>) {
+    match timer {
+        Some((_, sleep)) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
 }

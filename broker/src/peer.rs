@@ -35,7 +35,8 @@ pub struct PeerCounters {
     pub bytes_out: AtomicU64,
     /// Messages published.
     pub published: AtomicU64,
-    /// Messages queued for delivery (live and replayed).
+    /// Frames from the outbound queue written to the socket: messages (live
+    /// and replayed), and the `gap` and `reset` frames of replays.
     pub delivered: AtomicU64,
 }
 
@@ -149,9 +150,9 @@ impl Peer {
             .clone()
     }
 
-    /// Counts one message queued for delivery to this peer.
-    pub(crate) fn count_delivered(&self) {
-        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+    /// A handle on the outbound queue, for subscriptions that fan out to it.
+    pub(crate) fn outbox(&self) -> mpsc::Sender<Bytes> {
+        self.outbox.clone()
     }
 
     /// Counts one frame of `bytes` written to this peer.

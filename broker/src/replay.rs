@@ -122,7 +122,6 @@ async fn run(topics: &Topics, entry: &Topic, subscriber: &Subscriber, start: Rep
                 topics.replay_ended(entry);
                 return;
             }
-            peer.count_delivered();
             Stats::add(&topics.stats.replayed, 1);
             Stats::add(&topics.stats.deliveries, 1);
             cursor = message.offset + 1;

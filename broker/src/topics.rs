@@ -21,8 +21,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use sockeye_protocol::frame::FrameBuf;
 use sockeye_protocol::{
-    CloseCode, Compression, Delivery, OffsetRange, Payload, Position, ServerMessage, TopicFilter,
-    TopicName,
+    CloseCode, Compression, Delivery, DeliveryRef, OffsetRange, Payload, Position, ServerMessage,
+    TopicFilter, TopicName,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,6 +37,9 @@ use crate::wildcard::WildcardIndex;
 /// One subscription of one peer to one exact topic.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscriber {
+    /// The peer's outbound queue, held directly so that fan-out touches
+    /// only the queue, not the rest of the peer.
+    pub(crate) outbox: tokio::sync::mpsc::Sender<Bytes>,
     pub(crate) peer: Arc<Peer>,
     /// Cancelled when the subscription ends; stops its replay, if any.
     pub(crate) cancel: CancellationToken,
@@ -320,7 +323,7 @@ impl Topics {
         Stats::add(&self.stats.bytes_in, payload.len() as u64);
         let Some(entry) = self.entry(topic, false)? else {
             // Ephemeral and no exact subscriber: only wildcards can match.
-            let frame = encode_delivery(topic, 0, 0, timestamp_ms, publisher, payload)
+            let frame = encode_delivery(topic.as_str(), 0, 0, timestamp_ms, publisher, payload)
                 .seal(&self.compression);
             let delivered = self.deliver_to_wildcards(topic, &frame);
             self.count_deliveries(delivered, accepted);
@@ -335,7 +338,14 @@ impl Topics {
             Some(stream) => (stream.epoch, stream.next),
             None => (0, 0),
         };
-        let body = encode_delivery(topic, epoch, offset, timestamp_ms, publisher, payload);
+        let body = encode_delivery(
+            topic.as_str(),
+            epoch,
+            offset,
+            timestamp_ms,
+            publisher,
+            payload,
+        );
         let write = match state.stream.as_mut() {
             Some(stream) => {
                 let body_bytes = body.body();
@@ -353,10 +363,8 @@ impl Topics {
         let mut delivered = 0;
         let mut index = 0;
         while index < state.live.len() {
-            let peer = &state.live[index].peer;
-            match peer.offer(frame.clone()) {
+            match offer(&state.live[index].outbox, frame.clone()) {
                 Offer::Queued => {
-                    peer.count_delivered();
                     delivered += 1;
                     index += 1;
                 }
@@ -393,10 +401,7 @@ impl Topics {
         }
         let mut delivered = 0;
         wildcards.for_each_match(topic, |peer| match peer.offer(frame.clone()) {
-            Offer::Queued => {
-                peer.count_delivered();
-                delivered += 1;
-            }
+            Offer::Queued => delivered += 1,
             Offer::Closed => {}
             Offer::Full => {
                 Stats::add(&self.stats.slow_consumer_disconnects, 1);
@@ -763,26 +768,36 @@ fn topic_info(entry: &Topic, now: u64) -> TopicInfo {
     }
 }
 
-/// Encodes the body of a `message` frame.
+/// Encodes the body of a `message` frame, straight from borrowed parts.
 pub(crate) fn encode_delivery(
-    topic: &TopicName,
+    topic: &str,
     epoch: u64,
     offset: u64,
     timestamp_ms: u64,
     publisher: &str,
     payload: &Payload,
 ) -> FrameBuf {
-    let mut frame = FrameBuf::with_capacity(payload.len() + topic.as_str().len() + 64);
-    ServerMessage::Message(Delivery {
-        topic: topic.to_string(),
+    let mut frame = FrameBuf::with_capacity(payload.len() + topic.len() + publisher.len() + 64);
+    DeliveryRef {
+        topic,
         epoch,
         offset,
         timestamp_ms,
-        publisher: publisher.to_owned(),
-        payload: payload.clone(),
-    })
+        publisher,
+        payload,
+    }
     .encode_body(frame.body_mut());
     frame
+}
+
+/// Offers a frame to a subscriber's queue without waiting.
+fn offer(outbox: &tokio::sync::mpsc::Sender<Bytes>, frame: Bytes) -> Offer {
+    use tokio::sync::mpsc::error::TrySendError;
+    match outbox.try_send(frame) {
+        Ok(()) => Offer::Queued,
+        Err(TrySendError::Full(_)) => Offer::Full,
+        Err(TrySendError::Closed(_)) => Offer::Closed,
+    }
 }
 
 struct StartPlan {

@@ -104,8 +104,27 @@ impl WildcardIndex {
 
     /// Calls `visit` for every peer whose wildcard filter matches `topic`.
     pub(crate) fn for_each_match(&self, topic: &TopicName, mut visit: impl FnMut(&Arc<Peer>)) {
-        let segments: Vec<&str> = topic.segments().collect();
-        Self::visit_at(&self.root, &segments, &mut visit);
+        // Topics have few segments: keep them on the stack.
+        let mut segments = [""; 16];
+        let mut count = 0;
+        let mut overflow = Vec::new();
+        for segment in topic.segments() {
+            if count < segments.len() {
+                segments[count] = segment;
+                count += 1;
+            } else {
+                if overflow.is_empty() {
+                    overflow.extend_from_slice(&segments);
+                }
+                overflow.push(segment);
+            }
+        }
+        let segments = if overflow.is_empty() {
+            &segments[..count]
+        } else {
+            &overflow[..]
+        };
+        Self::visit_at(&self.root, segments, &mut visit);
     }
 
     fn visit_at(node: &Node, segments: &[&str], visit: &mut impl FnMut(&Arc<Peer>)) {

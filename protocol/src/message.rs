@@ -229,6 +229,87 @@ pub struct Delivery {
     pub payload: Payload,
 }
 
+/// A [`Delivery`] by reference: what the broker encodes once per publish,
+/// without copying the topic, the publisher or the payload first.
+///
+/// ```
+/// use sockeye_protocol::{DeliveryRef, Payload, ServerMessage};
+/// let payload = Payload::binary(b"hi");
+/// let delivery = DeliveryRef {
+///     topic: "chat",
+///     epoch: 9,
+///     offset: 42,
+///     timestamp_ms: 1_700_000_000_000,
+///     publisher: "bob",
+///     payload: &payload,
+/// };
+/// let mut body = Vec::new();
+/// delivery.encode_body(&mut body);
+/// let mut owned = Vec::new();
+/// ServerMessage::Message(delivery.to_owned()).encode_body(&mut owned);
+/// assert_eq!(body, owned);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryRef<'a> {
+    /// The topic it was published to.
+    pub topic: &'a str,
+    /// The topic's epoch (0 for ephemeral topics).
+    pub epoch: u64,
+    /// Its offset in the epoch (0 for ephemeral topics).
+    pub offset: u64,
+    /// When the broker accepted it, unix milliseconds.
+    pub timestamp_ms: u64,
+    /// The `sub` claim of the publisher.
+    pub publisher: &'a str,
+    /// The payload, as published.
+    pub payload: &'a Payload,
+}
+
+impl DeliveryRef<'_> {
+    /// Appends the MessagePack body of the `message` frame to `out`.
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        let mut map = MapWriter::begin(out);
+        map.str("type", "message");
+        self.write_fields(&mut map);
+        map.finish();
+    }
+
+    fn write_fields(&self, map: &mut MapWriter<'_>) {
+        map.str("topic", self.topic)
+            .uint("epoch", self.epoch)
+            .uint("offset", self.offset)
+            .uint("ts", self.timestamp_ms)
+            .str("publisher", self.publisher)
+            .raw("payload", self.payload.as_msgpack());
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> Delivery {
+        Delivery {
+            topic: self.topic.to_owned(),
+            epoch: self.epoch,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            publisher: self.publisher.to_owned(),
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+impl Delivery {
+    /// This delivery by reference.
+    pub fn as_ref(&self) -> DeliveryRef<'_> {
+        DeliveryRef {
+            topic: &self.topic,
+            epoch: self.epoch,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            publisher: &self.publisher,
+            payload: &self.payload,
+        }
+    }
+}
+
 /// A message from the broker to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -622,12 +703,7 @@ impl ServerMessage {
                 map.str("code", code.as_str()).str("message", message);
             }
             ServerMessage::Message(delivery) => {
-                map.str("topic", &delivery.topic)
-                    .uint("epoch", delivery.epoch)
-                    .uint("offset", delivery.offset)
-                    .uint("ts", delivery.timestamp_ms)
-                    .str("publisher", &delivery.publisher)
-                    .raw("payload", delivery.payload.as_msgpack());
+                delivery.as_ref().write_fields(&mut map);
             }
             ServerMessage::TokenExpiring { expires_at } => {
                 map.uint("expires_at", *expires_at);

@@ -49,6 +49,19 @@ fn check_shape(text: &str, max: usize) -> Result<(), TopicError> {
 impl TopicName {
     /// Validates `text` as a topic name of at most `max` bytes.
     pub fn parse(text: &str, max: usize) -> Result<Self, TopicError> {
+        Self::validate(text, max)?;
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Validates an owned string as a topic name, reusing its allocation.
+    pub fn from_string(text: String, max: usize) -> Result<Self, TopicError> {
+        Self::validate(&text, max)?;
+        Ok(Self(text))
+    }
+
+    /// Checks that `text` is a valid topic name of at most `max` bytes,
+    /// without allocating.
+    pub fn validate(text: &str, max: usize) -> Result<(), TopicError> {
         check_shape(text, max)?;
         for segment in text.split('.') {
             if segment.is_empty() {
@@ -62,7 +75,7 @@ impl TopicName {
                 });
             }
         }
-        Ok(Self(text.to_owned()))
+        Ok(())
     }
 
     /// The name as a string.
@@ -124,7 +137,12 @@ impl TopicFilter {
 
     /// True if `topic` is matched by this filter.
     pub fn matches(&self, topic: &TopicName) -> bool {
-        let mut topic_segments = topic.segments();
+        self.matches_str(topic.as_str())
+    }
+
+    /// True if `topic`, a valid topic name, is matched by this filter.
+    pub fn matches_str(&self, topic: &str) -> bool {
+        let mut topic_segments = topic.split('.');
         for pattern in self.segments() {
             match pattern {
                 ">" => return topic_segments.next().is_some(),
@@ -207,6 +225,12 @@ impl fmt::Display for TopicName {
 impl fmt::Display for TopicFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for TopicName {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
