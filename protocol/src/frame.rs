@@ -143,25 +143,18 @@ fn deflate(body: &[u8], level: u32) -> Option<Vec<u8>> {
                 compress
             }
         };
-        // Worth it only if the frame shrinks: never let the output grow past
-        // the plain frame's size.
+        // One call with room for the worst case (deflate's bound: stored
+        // blocks add 5 bytes per 16 KiB block), so the stream always
+        // finishes in one step; then keep it only if the frame shrank.
         let limit = body.len() + 1;
-        let mut out = Vec::with_capacity((body.len() / 2 + 64).min(limit));
+        let bound = body.len() + body.len() / 16_384 * 5 + 64;
+        let mut out = Vec::with_capacity(1 + bound);
         out.push(FLAG_DEFLATE);
-        loop {
-            let consumed = usize::try_from(compress.total_in()).ok()?;
-            let status = compress
-                .compress_vec(&body[consumed..], &mut out, FlushCompress::Finish)
-                .ok()?;
-            if status == Status::StreamEnd {
-                break;
-            }
-            if out.len() >= limit {
-                return None;
-            }
-            if out.len() == out.capacity() {
-                out.reserve((out.capacity()).min(limit - out.len()).max(64));
-            }
+        let status = compress
+            .compress_vec(body, &mut out, FlushCompress::Finish)
+            .ok()?;
+        if status != Status::StreamEnd {
+            return None;
         }
         (out.len() < limit).then_some(out)
     })
