@@ -46,8 +46,9 @@ pub(crate) struct ReplayStart {
     pub(crate) send_reset: bool,
 }
 
-/// Spawns a replay. The caller has already counted it in the topic's
-/// `replaying`; the replay uncounts itself when it goes live or stops.
+/// Spawns a replay (through `Topics::start_replay`, which counts it in the
+/// topic's `replaying`); the replay uncounts itself when it goes live or
+/// stops.
 pub(crate) fn spawn(
     topics: Arc<Topics>,
     entry: Arc<Topic>,

@@ -427,10 +427,9 @@ impl Topics {
         if self.policy == SlowConsumerPolicy::CatchUp && state.stream.is_some() {
             Stats::add(&self.stats.slow_consumer_catch_ups, 1);
             tracing::debug!(conn = %subscriber.peer.id, topic = %entry.name, offset, "slow consumer catches up from the store");
-            state.replaying += 1;
-            replay::spawn(
-                Arc::clone(self),
-                Arc::clone(entry),
+            self.start_replay(
+                entry,
+                state,
                 subscriber,
                 ReplayStart {
                     epoch,
@@ -444,6 +443,20 @@ impl Topics {
                 .peer
                 .close(CloseCode::SlowConsumer, "outbound queue full");
         }
+    }
+
+    /// Moves `subscriber` (not in the live set) to a replay from `start`,
+    /// counted in the topic's `replaying` until the replay goes live or
+    /// stops. Called with the topic locked.
+    fn start_replay(
+        self: &Arc<Self>,
+        entry: &Arc<Topic>,
+        state: &mut TopicState,
+        subscriber: Subscriber,
+        start: ReplayStart,
+    ) {
+        state.replaying += 1;
+        replay::spawn(Arc::clone(self), Arc::clone(entry), subscriber, start);
     }
 
     /// Subscribes `peer` to an exact topic, from `position`.
@@ -475,10 +488,9 @@ impl Topics {
             if plan.start >= stream.next {
                 state.live.push(subscriber);
             } else {
-                state.replaying += 1;
-                replay::spawn(
-                    Arc::clone(self),
-                    Arc::clone(&entry),
+                self.start_replay(
+                    &entry,
+                    &mut state,
                     subscriber,
                     ReplayStart {
                         epoch: stream.epoch,
@@ -660,10 +672,9 @@ impl Topics {
         // Every live subscriber continues through a replay, which sends the
         // `reset` frame in order with its other deliveries.
         for subscriber in std::mem::take(&mut state.live) {
-            state.replaying += 1;
-            replay::spawn(
-                Arc::clone(self),
-                Arc::clone(&entry),
+            self.start_replay(
+                &entry,
+                &mut state,
                 subscriber,
                 ReplayStart {
                     epoch: fresh.epoch,
