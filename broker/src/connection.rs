@@ -95,7 +95,9 @@ pub(crate) struct Session {
     broker: Broker,
     peer: Arc<Peer>,
     socket: WebSocket,
-    inbox: mpsc::Receiver<Bytes>,
+    /// The receiving end of the outbound queue, once the first
+    /// subscription has opened it.
+    inbox: Option<mpsc::Receiver<Bytes>>,
     identity: Identity,
     held: HashMap<TopicFilter, Held>,
     /// Publish replies waiting for their write to become durable, in write
@@ -149,7 +151,6 @@ impl Session {
         broker: Broker,
         peer: Arc<Peer>,
         socket: WebSocket,
-        inbox: mpsc::Receiver<Bytes>,
         identity: Identity,
     ) -> Self {
         let config = broker.config();
@@ -165,7 +166,7 @@ impl Session {
             broker,
             peer,
             socket,
-            inbox,
+            inbox: None,
             identity,
             held: HashMap::new(),
             pending_acks: VecDeque::new(),
@@ -288,7 +289,7 @@ impl Session {
                         .unwrap_or((CloseCode::InternalError, String::new()));
                     return Ending::Close(code, reason);
                 }
-                frame = self.inbox.recv() => match frame {
+                frame = recv_queued(&mut self.inbox) => match frame {
                     Some(frame) => Event::Queued(frame),
                     None => return Ending::Gone,
                 },
@@ -380,7 +381,10 @@ impl Session {
         let mut bytes = self.feed_uncounted(first).await?;
         let mut frames = 1;
         for _ in 1..DRAIN_BATCH {
-            match self.inbox.try_recv() {
+            let Some(inbox) = self.inbox.as_mut() else {
+                break;
+            };
+            match inbox.try_recv() {
                 Ok(frame) => {
                     bytes += self.feed_uncounted(frame).await?;
                     frames += 1;
@@ -566,12 +570,18 @@ impl Session {
                 format!("`{filter}` overlaps the subscription `{other}`"),
             ));
         }
+        if self.inbox.is_none() {
+            self.inbox = self.peer.open_queue();
+        }
         let cancel = self.ended.child_token();
         let topics = self.broker.topics();
         let (exact, mut reply) = match filter.as_exact() {
             Some(topic) => {
                 let subscriber = Subscriber {
-                    outbox: self.peer.outbox(),
+                    outbox: self
+                        .peer
+                        .outbox()
+                        .expect("subscribe opened the outbound queue first"),
                     peer: Arc::clone(&self.peer),
                     cancel: cancel.clone(),
                 };
@@ -782,6 +792,15 @@ fn socket_error_ending(err: &axum::Error) -> Ending {
             Ending::Close(CloseCode::InvalidPayload, "invalid UTF-8".into())
         }
         _ => Ending::Gone,
+    }
+}
+
+/// The next frame of the outbound queue; never resolves while there is no
+/// queue (no subscription yet).
+async fn recv_queued(inbox: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match inbox {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
     }
 }
 

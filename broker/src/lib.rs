@@ -46,10 +46,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use sockeye_protocol::{CloseCode, Payload, TopicName};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -330,9 +328,9 @@ impl Broker {
         subject: String,
         remote: SocketAddr,
         user_agent: Option<String>,
-    ) -> (Arc<Peer>, mpsc::Receiver<Bytes>) {
+    ) -> Arc<Peer> {
         let id = ConnId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let (peer, inbox) = Peer::new(
+        let peer = Peer::new(
             id,
             subject,
             remote,
@@ -341,7 +339,7 @@ impl Broker {
         );
         let peer = Arc::new(peer);
         self.peers().insert(id, Arc::clone(&peer));
-        (peer, inbox)
+        peer
     }
 
     pub(crate) fn unregister(&self, id: ConnId) {

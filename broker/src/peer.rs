@@ -2,8 +2,8 @@
 //! hold to reach a connection, without owning its socket.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -68,22 +68,26 @@ pub struct Peer {
     pub counters: PeerCounters,
     /// The filters currently subscribed, for display.
     pub subscriptions: Mutex<Vec<String>>,
-    outbox: mpsc::Sender<Bytes>,
+    /// The outbound queue, created with the first subscription: a
+    /// connection that never subscribes never pays for one.
+    outbox: OnceLock<mpsc::Sender<Bytes>>,
+    /// Capacity of the outbound queue, in frames.
+    queue: usize,
     close: CancellationToken,
     close_reason: Mutex<Option<(CloseCode, String)>>,
 }
 
 impl Peer {
-    /// Creates the shared half and the receiving end of its outbound queue.
+    /// Creates the shared half of a connection whose outbound queue will
+    /// hold `queue` frames.
     pub(crate) fn new(
         id: ConnId,
         subject: String,
         remote: SocketAddr,
         user_agent: Option<String>,
         queue: usize,
-    ) -> (Self, mpsc::Receiver<Bytes>) {
-        let (outbox, inbox) = mpsc::channel(queue);
-        let peer = Self {
+    ) -> Self {
+        Self {
             id,
             subject,
             remote,
@@ -91,31 +95,53 @@ impl Peer {
             connected_at: SystemTime::now(),
             counters: PeerCounters::default(),
             subscriptions: Mutex::new(Vec::new()),
-            outbox,
+            outbox: OnceLock::new(),
+            queue,
             close: CancellationToken::new(),
             close_reason: Mutex::new(None),
-        };
-        (peer, inbox)
+        }
+    }
+
+    /// Creates the outbound queue if it does not exist yet and returns its
+    /// receiving end; `None` if it already existed. Only the connection's
+    /// own session calls this, before its first subscription.
+    pub(crate) fn open_queue(&self) -> Option<mpsc::Receiver<Bytes>> {
+        let mut receiver = None;
+        self.outbox.get_or_init(|| {
+            let (sender, inbox) = mpsc::channel(self.queue);
+            receiver = Some(inbox);
+            sender
+        });
+        receiver
     }
 
     /// Offers a frame without waiting.
     pub fn offer(&self, frame: Bytes) -> Offer {
-        match self.outbox.try_send(frame) {
-            Ok(()) => Offer::Queued,
-            Err(TrySendError::Full(_)) => Offer::Full,
-            Err(TrySendError::Closed(_)) => Offer::Closed,
+        match self.outbox.get() {
+            Some(outbox) => match outbox.try_send(frame) {
+                Ok(()) => Offer::Queued,
+                Err(TrySendError::Full(_)) => Offer::Full,
+                Err(TrySendError::Closed(_)) => Offer::Closed,
+            },
+            // Nothing is offered to a connection that never subscribed.
+            None => Offer::Closed,
         }
     }
 
     /// Queues a frame, waiting for room. Fails only when the connection is
-    /// gone.
+    /// gone (or has no queue, which no subscribed connection lacks).
     pub async fn send(&self, frame: Bytes) -> Result<(), ConnectionGone> {
-        self.outbox.send(frame).await.map_err(|_| ConnectionGone)
+        match self.outbox.get() {
+            Some(outbox) => outbox.send(frame).await.map_err(|_| ConnectionGone),
+            None => Err(ConnectionGone),
+        }
     }
 
     /// Frames waiting in the outbound queue.
     pub fn queue_depth(&self) -> usize {
-        self.outbox.max_capacity() - self.outbox.capacity()
+        self.outbox
+            .get()
+            .map_or(0, |outbox| outbox.max_capacity() - outbox.capacity())
     }
 
     /// Asks the connection to close with `code`. The first reason wins.
@@ -150,9 +176,10 @@ impl Peer {
             .clone()
     }
 
-    /// A handle on the outbound queue, for subscriptions that fan out to it.
-    pub(crate) fn outbox(&self) -> mpsc::Sender<Bytes> {
-        self.outbox.clone()
+    /// A handle on the outbound queue, for subscriptions that fan out to
+    /// it; `None` before [`Peer::open_queue`].
+    pub(crate) fn outbox(&self) -> Option<mpsc::Sender<Bytes>> {
+        self.outbox.get().cloned()
     }
 
     /// Counts one frame of `bytes` written to this peer.

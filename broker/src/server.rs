@@ -120,7 +120,7 @@ async fn upgrade(
         .get(header::USER_AGENT)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let (peer, inbox) = broker.register(identity.subject.clone(), remote, user_agent);
+    let peer = broker.register(identity.subject.clone(), remote, user_agent);
     let max_frame = config.limits.max_frame_size.as_u64() as usize;
     let write_buffer = config.websocket.write_buffer.as_u64() as usize;
     let tracker = broker.connection_tracker();
@@ -146,7 +146,7 @@ async fn upgrade(
             tracker.track_future(
                 async move {
                     tracing::debug!("connected");
-                    Session::new(session_broker, peer, socket, inbox, identity)
+                    Session::new(session_broker, peer, socket, identity)
                         .run()
                         .await;
                     tracing::debug!("disconnected");

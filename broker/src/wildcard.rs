@@ -148,7 +148,7 @@ mod tests {
     use super::*;
 
     fn peer(id: u64) -> Arc<Peer> {
-        let (peer, _inbox) = Peer::new(
+        let peer = Peer::new(
             ConnId(id),
             "t".into(),
             "127.0.0.1:1".parse().expect("address"),
