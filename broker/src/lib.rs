@@ -6,7 +6,9 @@
 //! - [`config`]: the one typed configuration tree and its validation.
 //! - [`auth`]: finding and verifying the handshake JWT; permissions.
 //! - `server`: the listener, HTTP/1.1 with a handshake timeout, the `/ws`
-//!   upgrade, `/healthz`, graceful shutdown.
+//!   upgrade with its admission checks (origin, rates, per-IP, capacity),
+//!   `/healthz`, graceful shutdown; [`serve_http`] for the admin listener.
+//! - [`tls`]: certificates for `wss://`, reloaded in place.
 //! - `connection`: one task per connection: requests, replies, deliveries,
 //!   heartbeats, token expiry, close codes.
 //! - [`peer`]: the shared half of a connection (outbound queue, counters,
