@@ -312,3 +312,57 @@ async fn acknowledged_publishes_in_fsync_mode_are_flushed_before_the_ack() {
         assert!(store.acknowledged_through() >= n);
     }
 }
+
+#[tokio::test]
+async fn age_and_size_limits_trim_the_oldest_messages() {
+    let broker = TestBroker::start_with(|config| {
+        config.retention = vec![
+            RetentionRule {
+                pattern: "aged".into(),
+                max_age: Duration::from_secs(2),
+                ..RetentionRule::default()
+            },
+            RetentionRule {
+                pattern: "sized".into(),
+                max_bytes: bytesize::ByteSize::b(2_000),
+                ..RetentionRule::default()
+            },
+        ];
+    })
+    .await;
+    let mut publisher = broker.client("p").await;
+    let mut aged_epoch = 0;
+    for n in 1..=5 {
+        aged_epoch = publisher.publish("aged", number(n)).await.0;
+    }
+    // Each stored body is ~80 bytes of envelope plus 200 of payload.
+    for _ in 1..=20 {
+        publisher.publish("sized", Payload::binary(&[7; 200])).await;
+    }
+    // Everything in `aged` expires; `sized` keeps what fits in 2,000 bytes.
+    // Past the age limit for 1..=5; offset 6 then has two seconds to live,
+    // far longer than the rest of the test needs.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    publisher.publish("aged", number(6)).await;
+    wait_until_trimmed(&broker, "aged", 6).await;
+    let sized = broker.broker.topics().info("sized").unwrap();
+    assert!(sized.stored_bytes <= 2_000, "{sized:?}");
+    assert!(
+        sized.stored_messages >= 5,
+        "it keeps as much as fits: {sized:?}"
+    );
+    assert_eq!(sized.last_offset, 20);
+
+    let mut late = broker.client("late").await;
+    let reply = late
+        .subscribe(
+            "aged",
+            Some(Position::After {
+                epoch: aged_epoch,
+                offset: 0,
+            }),
+        )
+        .await;
+    assert_eq!(reply.gap, Some(OffsetRange { from: 1, to: 5 }));
+    assert_eq!(late.delivery().await.offset, 6);
+}
