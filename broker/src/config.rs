@@ -580,17 +580,6 @@ impl Config {
         Ok(())
     }
 
-    /// The retention rule for `topic`, or `None` if it is not stored.
-    pub fn retention_for(&self, topic: &sockeye_protocol::TopicName) -> Option<&RetentionRule> {
-        self.retention
-            .iter()
-            .find(|rule| {
-                TopicFilter::parse(&rule.pattern, usize::MAX)
-                    .is_ok_and(|pattern| pattern.matches(topic))
-            })
-            .filter(|rule| rule.store)
-    }
-
     /// The frame compression settings.
     pub fn compression(&self) -> Compression {
         Compression {

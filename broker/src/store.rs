@@ -312,20 +312,6 @@ impl Store {
         })
     }
 
-    /// Replaces a topic's stream with an empty one in a new epoch and deletes
-    /// the old stream's messages.
-    pub fn reset_stream(&self, topic: &str, old_epoch: u64) -> Result<StreamState, StoreError> {
-        let state = self.create_stream(topic)?;
-        self.delete_stream(old_epoch)?;
-        Ok(state)
-    }
-
-    /// Forgets a topic entirely (its stream and its record).
-    pub fn delete_topic(&self, topic: &str, epoch: u64) -> Result<(), StoreError> {
-        self.topics.remove(topic.as_bytes())?;
-        self.delete_stream(epoch)
-    }
-
     /// Deletes every message of a stream (after a reset).
     pub fn delete_stream(&self, epoch: u64) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
@@ -413,20 +399,6 @@ impl Store {
             });
         }
         Ok(out)
-    }
-
-    /// One stored message, if retained.
-    pub fn get(&self, epoch: u64, offset: u64) -> Result<Option<StoredMessage>, StoreError> {
-        Ok(self
-            .messages
-            .get(message_key(epoch, offset))?
-            .and_then(|value| {
-                Some(StoredMessage {
-                    offset,
-                    timestamp_ms: be_u64(&value, 0)?,
-                    body: value,
-                })
-            }))
     }
 
     /// Deletes the oldest messages of a stream that break a retention limit,

@@ -739,7 +739,7 @@ impl Topics {
         }
     }
 
-    /// Frames of the wildcard index, for stats.
+    /// Wildcard subscriptions held, for stats.
     pub fn wildcard_subscriptions(&self) -> usize {
         self.wildcards_read().len()
     }

@@ -333,11 +333,12 @@ impl<'a> Fields<'a> {
             .map(|(_, range)| range.clone())
     }
 
-    /// True if the field is absent or nil.
-    fn absent(&self, field: &str) -> Result<bool, DecodeError> {
+    /// The field's value, or `None` if it is missing or nil (optional fields
+    /// may be either).
+    fn present(&self, field: &str) -> Result<Option<Cursor<'a>>, DecodeError> {
         match self.value(field) {
-            None => Ok(true),
-            Some(cursor) => cursor.is_nil(),
+            Some(cursor) if !cursor.is_nil()? => Ok(Some(cursor)),
+            _ => Ok(None),
         }
     }
 
@@ -351,10 +352,9 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn opt_str(&self, field: &'static str) -> Result<Option<&'a str>, DecodeError> {
-        if self.absent(field)? {
+        let Some(mut cursor) = self.present(field)? else {
             return Ok(None);
-        }
-        let mut cursor = self.value(field).expect("absent() returned false");
+        };
         cursor.str()?.map(Some).ok_or(DecodeError::WrongType {
             field,
             expected: "a string",
@@ -367,10 +367,9 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn opt_uint(&self, field: &'static str) -> Result<Option<u64>, DecodeError> {
-        if self.absent(field)? {
+        let Some(mut cursor) = self.present(field)? else {
             return Ok(None);
-        }
-        let mut cursor = self.value(field).expect("absent() returned false");
+        };
         cursor.uint()?.map(Some).ok_or(DecodeError::WrongType {
             field,
             expected: "a non-negative integer",
@@ -378,10 +377,9 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn opt_bool(&self, field: &'static str) -> Result<Option<bool>, DecodeError> {
-        if self.absent(field)? {
+        let Some(mut cursor) = self.present(field)? else {
             return Ok(None);
-        }
-        let mut cursor = self.value(field).expect("absent() returned false");
+        };
         cursor.bool()?.map(Some).ok_or(DecodeError::WrongType {
             field,
             expected: "a boolean",
@@ -389,10 +387,9 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn opt_map(&self, field: &'static str) -> Result<Option<Fields<'a>>, DecodeError> {
-        if self.absent(field)? {
+        let Some(mut cursor) = self.present(field)? else {
             return Ok(None);
-        }
-        let mut cursor = self.value(field).expect("absent() returned false");
+        };
         match Self::parse_at(&mut cursor) {
             Ok(fields) => Ok(Some(fields)),
             Err(DecodeError::NotAMap) => Err(DecodeError::WrongType {
