@@ -125,7 +125,8 @@ pub enum CloseCode {
     UnsupportedData,
     /// 1007: a frame's content was inconsistent with its type. Fix the client.
     InvalidPayload,
-    /// 1008: a policy was violated (for example too many malformed frames).
+    /// 1008: a policy was violated. Not sent by the broker itself in this
+    /// version; an operator may use it to disconnect a client for good.
     /// Fix the client.
     PolicyViolation,
     /// 1009: a frame was larger than `max_frame_bytes`, or inflated past
@@ -142,7 +143,9 @@ pub enum CloseCode {
     /// 4002: the connection could not keep up with its deliveries and its
     /// outbound queue overflowed. Reconnect and resume from the last offset.
     SlowConsumer,
-    /// 4003: the connection exceeded a rate limit. Reconnect after backoff.
+    /// 4003: the connection exceeded a rate limit. Reserved: this version
+    /// answers rate-limited publishes with an `rate_limited` error reply and
+    /// keeps the connection. Reconnect after backoff.
     RateLimited,
     /// 4004: no frame and no pong arrived within the heartbeat timeout.
     /// Reconnect with resume.
