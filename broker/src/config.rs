@@ -282,6 +282,10 @@ pub struct StoreConfig {
     pub trim_interval: Duration,
     /// Messages read from the store per step of a replay.
     pub replay_batch: usize,
+    /// Most message bytes a replay reads per step (at least one message is
+    /// always read): with `replay_batch`, it bounds the memory each
+    /// catching-up subscriber holds.
+    pub replay_batch_bytes: ByteSize,
 }
 
 /// Retention for topics matching `pattern`.
@@ -404,6 +408,7 @@ impl Default for StoreConfig {
             cache_capacity: ByteSize::mib(64),
             trim_interval: Duration::from_secs(1),
             replay_batch: 256,
+            replay_batch_bytes: ByteSize::mib(1),
         }
     }
 }

@@ -32,9 +32,6 @@ use sockeye_protocol::{OffsetRange, ServerMessage};
 use crate::stats::Stats;
 use crate::topics::{GoLive, Subscriber, Topic, Topics};
 
-/// Body bytes a replay reads per batch, at most (past the first message).
-const REPLAY_BATCH_BYTES: usize = 1 << 20;
-
 /// Where a replay starts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ReplayStart {
@@ -86,10 +83,12 @@ async fn run(topics: &Topics, entry: &Topic, subscriber: &Subscriber, start: Rep
             topics.replay_ended(entry);
             return;
         }
-        let batch = match topics
-            .store
-            .read(epoch, cursor, topics.replay_batch, REPLAY_BATCH_BYTES)
-        {
+        let batch = match topics.store.read(
+            epoch,
+            cursor,
+            topics.replay_batch,
+            topics.replay_batch_bytes,
+        ) {
             Ok(batch) => batch,
             Err(err) => {
                 tracing::warn!(topic = %entry.name, cause = %err, "replay read failed");

@@ -171,6 +171,7 @@ pub struct Topics {
     pub(crate) compression: Compression,
     policy: SlowConsumerPolicy,
     pub(crate) replay_batch: usize,
+    pub(crate) replay_batch_bytes: usize,
     pub(crate) stats: Arc<Stats>,
     pub(crate) tasks: TaskTracker,
 }
@@ -199,6 +200,8 @@ impl Topics {
             compression: config.compression(),
             policy: config.limits.slow_consumer,
             replay_batch: config.store.replay_batch,
+            replay_batch_bytes: usize::try_from(config.store.replay_batch_bytes.as_u64())
+                .unwrap_or(usize::MAX),
             stats,
             tasks,
         };

@@ -144,7 +144,7 @@ pub enum CloseCode {
     /// outbound queue overflowed. Reconnect and resume from the last offset.
     SlowConsumer,
     /// 4003: the connection exceeded a rate limit. Reserved: this version
-    /// answers rate-limited publishes with an `rate_limited` error reply and
+    /// answers rate-limited publishes with a `rate_limited` error reply and
     /// keeps the connection. Reconnect after backoff.
     RateLimited,
     /// 4004: no frame and no pong arrived within the heartbeat timeout.
