@@ -30,8 +30,9 @@ targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
     targets=(frame_decode client_parse round_trip)
 fi
+# 0 would mean "run for ever" to libFuzzer: every run here is bounded.
 case "$seconds" in
-'' | *[!0-9]*)
+'' | *[!0-9]* | 0)
     echo "usage: $0 [seconds-per-target] [target...]" >&2
     exit 2
     ;;

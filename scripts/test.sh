@@ -7,23 +7,33 @@
 # this script installs whichever are missing first (needs root, and access to
 # Debian's, PyPI's and npm's registries):
 #   - Debian: chromium (browser tests), curl (admin walkthrough),
-#             nats-server (benchmark smoke against NATS), nginx and haproxy (proxy tests)
+#             nats-server (benchmark smoke against NATS), nginx and haproxy (proxy tests),
+#             procps (`kill`, to stop broker processes), python3-pip
 #   - PyPI:   websockets, msgpack (examples/python/requirements.txt)
 #   - npm:    playwright-core (examples/browser-chat/package-lock.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian package that provides each program the tests run.
 need_apt=()
-for tool in chromium curl nats-server nginx haproxy; do
-  command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
+for pair in chromium:chromium curl:curl nats-server:nats-server nginx:nginx \
+  haproxy:haproxy /bin/kill:procps; do
+  program=${pair%%:*} package=${pair##*:}
+  command -v "$program" >/dev/null 2>&1 || need_apt+=("$package")
 done
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  need_apt+=(python3-pip)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} from Debian"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 if ! python3 -c 'import websockets, msgpack' 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check -r examples/python/requirements.txt
+  # Debian's own python3 refuses system-wide pip installs (PEP 668); these
+  # two packages are for the tests of this checkout only.
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
+    -r examples/python/requirements.txt
 fi
 if [ ! -d examples/browser-chat/node_modules/playwright-core ]; then
   npm ci --prefix examples/browser-chat --no-audit --no-fund
