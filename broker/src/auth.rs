@@ -259,6 +259,17 @@ fn dev_secret(data_dir: &Path) -> Result<(Vec<u8>, bool), KeyError> {
         let bytes: [u8; 32] = rand::rng().random();
         bytes.iter().map(|byte| format!("{byte:02x}")).collect()
     };
+    // Write the secret to a private temporary file first and then link it
+    // into place, so a concurrent reader (`sockeye token` next to `sockeye
+    // serve`) sees either no secret or a whole one, never a partial file.
+    let temporary = data_dir.join(format!(
+        "{DEV_SECRET_FILE}.{:016x}.tmp",
+        rand::Rng::random::<u64>(&mut rand::rng())
+    ));
+    let temp_error = |source| KeyError::Io {
+        path: temporary.display().to_string(),
+        source,
+    };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -266,14 +277,17 @@ fn dev_secret(data_dir: &Path) -> Result<(Vec<u8>, bool), KeyError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    match options.open(&path) {
-        Ok(mut file) => {
-            use std::io::Write;
-            file.write_all(secret.as_bytes()).map_err(io_error)?;
-            file.sync_all().map_err(io_error)?;
-            Ok((secret.into_bytes(), true))
-        }
-        // Another process (`sockeye token` next to `sockeye serve`) won the race.
+    {
+        use std::io::Write;
+        let mut file = options.open(&temporary).map_err(temp_error)?;
+        file.write_all(secret.as_bytes()).map_err(temp_error)?;
+        file.sync_all().map_err(temp_error)?;
+    }
+    let linked = std::fs::hard_link(&temporary, &path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok((secret.into_bytes(), true)),
+        // Another process won the race: its secret is complete, use it.
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
             std::fs::read(&path).map(|s| (s, false)).map_err(io_error)
         }
@@ -489,4 +503,29 @@ pub fn token_from_request<'a>(
         .or_else(subprotocol)
         .or_else(|| query.get("token").map(String::as_str))
         .filter(|token| !token.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_first_uses_of_the_dev_secret_all_get_the_same_whole_secret() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let secrets: Vec<Vec<u8>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| scope.spawn(|| dev_secret(dir.path()).expect("a secret").0))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|handle| handle.join().expect("no panic"))
+                    .collect()
+            });
+            assert_eq!(secrets[0].len(), 64);
+            assert!(secrets.iter().all(|secret| *secret == secrets[0]));
+            let leftovers = std::fs::read_dir(dir.path()).expect("list").count();
+            assert_eq!(leftovers, 1, "only dev-secret remains");
+        }
+    }
 }
