@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sockeye_protocol::{Payload, Position, Subscribed, TopicFilter, TopicName};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::backoff::Backoff;
 use crate::driver::Driver;
@@ -219,8 +220,10 @@ impl ClientBuilder {
 
     /// Starts the client without waiting: it connects in the background,
     /// and requests made meanwhile wait for the connection. Must be called
-    /// inside a tokio runtime. Fails on a URL that is not `ws://` (TLS is
-    /// not supported yet) or when no token was given.
+    /// inside a tokio runtime. Fails with [`Error::InvalidUrl`] on a URL
+    /// that is not `ws://` (TLS is not supported yet) or does not parse (for
+    /// example a missing host), and with [`Error::NoToken`] when no token
+    /// was given.
     pub fn build(self) -> Result<Client, Error> {
         let url = self.url;
         if url.starts_with("wss://") {
@@ -233,6 +236,14 @@ impl ClientBuilder {
             return Err(Error::InvalidUrl {
                 url,
                 reason: "the scheme must be ws://".into(),
+            });
+        }
+        // The same parse the driver does before each connection, so a URL
+        // it would refuse fails here, before anything runs.
+        if let Err(err) = url.as_str().into_client_request() {
+            return Err(Error::InvalidUrl {
+                reason: err.to_string(),
+                url,
             });
         }
         let token = self.token.ok_or(Error::NoToken)?;

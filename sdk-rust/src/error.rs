@@ -12,7 +12,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The broker URL cannot be used (not `ws://`, or unparseable).
+    /// The broker URL cannot be used (not `ws://`, or unparseable, for
+    /// example without a host); returned by
+    /// [`ClientBuilder::build`](crate::ClientBuilder::build) and
+    /// [`ClientBuilder::connect`](crate::ClientBuilder::connect).
     #[error("invalid broker URL `{url}`: {reason}")]
     InvalidUrl {
         /// The URL as given.
@@ -139,8 +142,11 @@ pub enum CloseReason {
         /// What the last one failed with.
         last_error: String,
     },
-    /// The URL cannot be connected to (for example `wss://`, which this
-    /// build does not support).
+    /// The connection library refused the URL when connecting. URLs that
+    /// are not `ws://` or do not parse are refused earlier, by
+    /// [`ClientBuilder::build`](crate::ClientBuilder::build) with
+    /// [`Error::InvalidUrl`], so this is only reached for a URL that passed
+    /// those checks and still cannot be used.
     InvalidUrl {
         /// What is wrong.
         reason: String,

@@ -147,6 +147,16 @@ async fn builder_mistakes_are_reported_before_connecting() {
         Client::builder("wss://127.0.0.1:1/ws").token("t").build(),
         Err(Error::InvalidUrl { .. })
     ));
+    // A ws:// URL that does not parse, or has no host, fails at build too.
+    for unparseable in ["ws://127.0.0.1:1/has space", "ws://", "ws:///ws"] {
+        match Client::builder(unparseable).token("t").build() {
+            Err(Error::InvalidUrl { url, reason }) => {
+                assert_eq!(url, unparseable);
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{unparseable}: expected InvalidUrl, got {other:?}"),
+        }
+    }
     assert!(matches!(
         Client::builder("ws://127.0.0.1:1/ws").build(),
         Err(Error::NoToken)
