@@ -152,8 +152,8 @@ pub(crate) enum Command {
         key: SubKey,
         filter: TopicFilter,
         position: Option<Position>,
+        /// Its capacity is the subscription's capacity.
         queue: mpsc::Sender<Item>,
-        capacity: usize,
         reply: oneshot::Sender<Result<Subscribed, Error>>,
     },
     Publish {
@@ -458,7 +458,6 @@ impl Client {
             filter: parsed,
             position: options.position,
             queue: queue_tx,
-            capacity,
             reply,
         };
         let reply = self.request(command, answer).await?;

@@ -73,8 +73,8 @@ const BACKOFF_FLOOR_AFTER_PENALTY: u32 = 3;
 #[derive(Debug)]
 struct Sub {
     filter: TopicFilter,
+    /// Where its events go; `max_capacity()` is the subscription's capacity.
     queue: mpsc::Sender<Item>,
-    capacity: usize,
     /// The caller of `subscribe`, until the first `subscribed` (or error).
     first: Option<oneshot::Sender<Result<Subscribed, Error>>>,
     /// The position asked for by the application (first subscribe only).
@@ -550,7 +550,6 @@ impl Driver {
                 filter,
                 position,
                 queue,
-                capacity,
                 reply,
             } => {
                 if reply.is_closed() {
@@ -561,7 +560,6 @@ impl Driver {
                     Sub {
                         filter,
                         queue,
-                        capacity,
                         first: Some(reply),
                         position,
                         expected: None,
@@ -647,7 +645,7 @@ impl Driver {
         }
         sub.waiting = true;
         let queue = sub.queue.clone();
-        let room = (sub.capacity / 2).max(1);
+        let room = (sub.queue.max_capacity() / 2).max(1);
         conn.wakes.push(Box::pin(async move {
             // Fails only when the subscription is gone, which the handler
             // notices.
