@@ -22,7 +22,8 @@ use crate::subscription::{
 };
 
 /// Tunables of a [`Client`]. Every queue the client owns is bounded by one
-/// of these.
+/// of these, or by the number of subscriptions (the client's own control
+/// frames in the outbox, and the notices of dropped subscriptions).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ClientConfig {
@@ -41,6 +42,15 @@ pub struct ClientConfig {
     /// callers wait. While the client is reconnecting, requests wait here.
     /// Default 256.
     pub request_queue: usize,
+    /// Encoded frames waiting to be handed to the socket writer before the
+    /// client stops taking requests from the request queue. Besides
+    /// requests it holds the client's own control frames (at most two per
+    /// subscription, for resubscribing or unsubscribing, plus a token
+    /// refresh and the close), which are never refused. Default 256.
+    pub outbox: usize,
+    /// Frames handed to the task that writes the socket and not yet
+    /// written; while it is full, frames wait in the outbox. Default 64.
+    pub write_queue: usize,
     /// Requests sent and not yet answered; beyond it new requests wait. Keep
     /// it below the broker's `limits.max_pending_acks` (default 1024).
     /// Default 256.
@@ -61,6 +71,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             subscription_capacity: 256,
             request_queue: 256,
+            outbox: 256,
+            write_queue: 64,
             max_in_flight: 256,
             max_inbound_bytes: 16 << 20,
             close_timeout: Duration::from_secs(5),

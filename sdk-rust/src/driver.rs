@@ -47,17 +47,8 @@ use crate::subscription::{Gap, Item, SubKey};
 type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type WakeFuture = futures_util::future::BoxFuture<'static, SubKey>;
 
-/// Frames handed to the writer task before the loop stops moving frames
-/// out of its outbox.
-const WRITER_QUEUE: usize = 64;
-
 /// Frames the writer sends before one flush.
 const WRITE_BATCH: usize = 64;
-
-/// Application requests accepted into the outbox before the loop stops
-/// taking new ones (internal frames, bounded by the number of
-/// subscriptions, are always accepted).
-const OUTBOX_LIMIT: usize = 256;
 
 /// Sent in the handshake; operators see it in the admin API's connection list.
 const USER_AGENT: &str = concat!("sockeye-sdk-rust/", env!("CARGO_PKG_VERSION"));
@@ -355,7 +346,7 @@ impl Driver {
             );
         }
         let (sink, mut stream) = ws.split();
-        let (out_tx, out_rx) = mpsc::channel(WRITER_QUEUE);
+        let (out_tx, out_rx) = mpsc::channel(self.config.write_queue.max(1));
         let mut writer = tokio::spawn(write_frames(sink, out_rx));
         let mut conn = Conn {
             outbox: VecDeque::new(),
@@ -389,7 +380,7 @@ impl Driver {
         let mut close_sent = false;
         let end = loop {
             let take_requests = closing.is_none()
-                && conn.outbox.len() < OUTBOX_LIMIT
+                && conn.outbox.len() < self.config.outbox.max(1)
                 && conn.pending.len() < self.config.max_in_flight;
             let wake = tokio::select! {
                 biased;

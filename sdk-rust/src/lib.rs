@@ -72,6 +72,8 @@
 //! ([`ClientConfig::request_queue`]) and for a free slot among the requests
 //! in flight ([`ClientConfig::max_in_flight`]); while the client is
 //! reconnecting they wait there, up to [`ClientConfig::request_timeout`].
+//! Encoded frames then wait in the outbox ([`ClientConfig::outbox`]) and
+//! the socket writer's queue ([`ClientConfig::write_queue`]).
 //!
 //! Each subscription has its own queue ([`SubscribeOptions::capacity`],
 //! default [`ClientConfig::subscription_capacity`]). The connection never

@@ -1,7 +1,7 @@
 //! Slow applications: bounded subscription queues, without loss where the
 //! broker can replay, and with explicit notices where it cannot.
 
-use sockeye_sdk::{Client, Event, SubscribeOptions};
+use sockeye_sdk::{Client, ClientConfig, Event, Position, SubscribeOptions};
 
 use crate::next_event;
 use crate::support::TestBroker;
@@ -68,4 +68,56 @@ async fn a_full_wildcard_queue_reports_how_many_messages_it_missed() {
         "{received:?}"
     );
     assert_eq!(received.first(), Some(&1));
+}
+
+#[tokio::test]
+async fn the_smallest_client_queues_still_carry_every_concurrent_request() {
+    let broker = TestBroker::start().await;
+    let mut config = ClientConfig::default();
+    config.request_queue = 1;
+    config.outbox = 1;
+    config.write_queue = 1;
+    config.max_in_flight = 1;
+    let producer = Client::builder(broker.url())
+        .token(broker.token("producer"))
+        .config(config)
+        .connect()
+        .await
+        .unwrap();
+    const TASKS: u64 = 8;
+    const EACH: u64 = 25;
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let producer = producer.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                producer
+                    .publish("orders", &(task * EACH + n))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let reader = Client::connect(broker.url(), broker.token("reader"))
+        .await
+        .unwrap();
+    let mut orders = reader
+        .subscribe_with::<u64>("orders", SubscribeOptions::new().position(Position::Oldest))
+        .await
+        .unwrap();
+    let mut values = Vec::new();
+    for offset in 1..=TASKS * EACH {
+        match next_event(&mut orders).await {
+            Event::Message(message) => {
+                assert_eq!(message.offset, offset);
+                values.push(message.value);
+            }
+            other => panic!("expected offset {offset}, got {other:?}"),
+        }
+    }
+    values.sort_unstable();
+    assert_eq!(values, (0..TASKS * EACH).collect::<Vec<_>>());
 }
