@@ -55,7 +55,7 @@ use utoipa_axum::routes;
 pub use crate::auth::API_KEY_PUBLISHER;
 pub use crate::connections::MAX_CLOSE_REASON_BYTES;
 pub use crate::error::{ApiError, ErrorBody};
-pub use crate::pagination::{DEFAULT_LIMIT, MAX_HISTORY_PAGE_BYTES, MAX_LIMIT};
+pub use crate::pagination::{DEFAULT_LIMIT, MAX_LIMIT};
 pub use crate::stats::RATE_WINDOW;
 
 /// What every handler shares. Cheap to clone.

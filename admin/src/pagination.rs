@@ -11,10 +11,6 @@ pub const DEFAULT_LIMIT: u32 = 100;
 /// OpenAPI document), so it is fixed rather than configured.
 pub const MAX_LIMIT: u32 = 1000;
 
-/// Most payload bytes of stored messages in one history page; the first
-/// message of a page is always included, whatever its size.
-pub const MAX_HISTORY_PAGE_BYTES: usize = 4 << 20;
-
 /// Checks a `limit` parameter: absent means [`DEFAULT_LIMIT`]; otherwise it
 /// must be 1 to [`MAX_LIMIT`].
 pub(crate) fn checked_limit(limit: Option<u32>) -> Result<usize, ApiError> {

@@ -1,20 +1,21 @@
 //! Topic routes: list, one topic, its history (read and delete), and
 //! publishing over HTTP.
 
+use std::sync::Arc;
+
 use axum::Extension;
 use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use sockeye_broker::{PublishError, TopicInfo};
-use sockeye_protocol::{Payload, ServerMessage, TopicName};
+use sockeye_protocol::{Payload, TopicName};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody, Json, Path, Query};
-use crate::pagination::{MAX_HISTORY_PAGE_BYTES, checked_limit, split_page};
+use crate::pagination::{checked_limit, split_page};
 
 /// One topic.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -164,8 +165,10 @@ pub(crate) struct HistoryParams {
     /// Cursor: messages with offsets after this one (0 or absent: from the
     /// oldest retained).
     after: Option<u64>,
-    /// Messages per page. A page also stops at 4 MiB of payloads (but always
-    /// holds at least one message).
+    /// Messages per page. A page also stops at `admin.max_history_page_bytes`
+    /// (4 MiB by default) of stored messages, counting each whole stored
+    /// record (payload, topic, publisher, offset, timestamp), but always
+    /// holds at least one message.
     #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<u32>,
     /// How payloads are shown.
@@ -314,7 +317,7 @@ pub(crate) async fn get_history(
 ) -> Result<axum::Json<HistoryPage>, ApiError> {
     let limit = checked_limit(params.limit)?;
     let name = parse_topic(&state, &path.topic)?;
-    let topics = state.broker.topics();
+    let topics = Arc::clone(state.broker.topics());
     let info = topics
         .info(name.as_str())
         .ok_or_else(|| topic_not_found(&path.topic))?;
@@ -322,38 +325,33 @@ pub(crate) async fn get_history(
         return Err(not_stored(&path.topic));
     }
     let from = params.after.unwrap_or(0).saturating_add(1);
-    let store = std::sync::Arc::clone(state.broker.store());
-    let epoch = info.epoch;
-    let messages =
-        tokio::task::spawn_blocking(move || store.read(epoch, from, limit, MAX_HISTORY_PAGE_BYTES))
+    let max_bytes = usize::try_from(state.broker.config().admin.max_history_page_bytes.as_u64())
+        .unwrap_or(usize::MAX);
+    let read = {
+        let topics = Arc::clone(&topics);
+        let topic = name.to_string();
+        tokio::task::spawn_blocking(move || topics.history(&topic, from, limit, max_bytes))
             .await
             .map_err(|err| ApiError::Internal {
                 cause: format!("history read task failed: {err}"),
-            })??;
+            })??
+    };
+    // `None` only if the stream went away since `info`.
+    let (epoch, deliveries) = read.ok_or_else(|| not_stored(&path.topic))?;
     let encoding = params.encoding.unwrap_or_default();
-    let mut items = Vec::with_capacity(messages.len());
-    for message in messages {
-        let body = Bytes::copy_from_slice(message.body());
-        let delivery = match ServerMessage::decode(&body) {
-            Ok(ServerMessage::Message(delivery)) => delivery,
-            _ => {
-                return Err(ApiError::Internal {
-                    cause: format!(
-                        "stored message {} of {} does not decode",
-                        message.offset, path.topic
-                    ),
-                });
+    let items: Vec<HistoryMessage> = deliveries
+        .into_iter()
+        .map(|delivery| {
+            let (encoding, payload) = show_payload(&delivery.payload, encoding);
+            HistoryMessage {
+                offset: delivery.offset,
+                timestamp_ms: delivery.timestamp_ms,
+                publisher: delivery.publisher,
+                encoding,
+                payload,
             }
-        };
-        let (encoding, payload) = show_payload(&delivery.payload, encoding);
-        items.push(HistoryMessage {
-            offset: message.offset,
-            timestamp_ms: message.timestamp_ms,
-            publisher: delivery.publisher,
-            encoding,
-            payload,
-        });
-    }
+        })
+        .collect();
     // Another page follows if the stream (still in this epoch) has newer
     // messages than the last one returned.
     let newest = topics
@@ -430,7 +428,7 @@ pub(crate) async fn delete_history(
     Path(path): Path<TopicPath>,
 ) -> Result<axum::Json<ResetResult>, ApiError> {
     let name = parse_topic(&state, &path.topic)?;
-    let topics = std::sync::Arc::clone(state.broker.topics());
+    let topics = Arc::clone(state.broker.topics());
     let info = topics
         .info(name.as_str())
         .ok_or_else(|| topic_not_found(&path.topic))?;

@@ -127,6 +127,10 @@ pub struct AdminConfig {
     /// Static API keys accepted as `Authorization: Bearer <key>`, besides
     /// admin tokens signed by the broker's key.
     pub api_keys: Vec<String>,
+    /// Most bytes of stored messages (whole stored records: encoded delivery
+    /// frame plus timestamp) in one page of `GET /v1/topics/{topic}/history`;
+    /// a page always holds at least one message, whatever its size.
+    pub max_history_page_bytes: ByteSize,
 }
 
 /// Which algorithm verifies handshake tokens.
@@ -340,6 +344,7 @@ impl Default for AdminConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             api_keys: Vec::new(),
+            max_history_page_bytes: ByteSize::mib(4),
         }
     }
 }

@@ -624,13 +624,18 @@ impl Topics {
         self.len() == 0
     }
 
-    /// Stored messages of `topic` from offset `from`, at most `limit`,
-    /// decoded. `None` if the topic has no stored stream.
+    /// Stored messages of `topic` from offset `from` in offset order,
+    /// decoded, with the epoch they belong to: at most `limit`, and past the
+    /// first at most `max_bytes` of stored records (each message's encoded
+    /// delivery frame plus its timestamp). `None` if the topic has no stored
+    /// stream. Blocking (store I/O); a record that does not decode is
+    /// [`StoreError::Corrupt`].
     pub fn history(
         &self,
         topic: &str,
         from: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Option<(u64, Vec<Delivery>)>, StoreError> {
         let Some(name) = TopicName::parse(topic, usize::MAX).ok() else {
             return Ok(None);
@@ -642,7 +647,7 @@ impl Topics {
             return Ok(None);
         };
         let mut out = Vec::new();
-        for message in self.store.read(stream.epoch, from, limit, usize::MAX)? {
+        for message in self.store.read(stream.epoch, from, limit, max_bytes)? {
             let body = Bytes::copy_from_slice(message.body());
             match ServerMessage::decode(&body) {
                 Ok(ServerMessage::Message(delivery)) => out.push(delivery),

@@ -161,6 +161,64 @@ async fn history_pages_by_offset() {
 }
 
 #[tokio::test]
+async fn history_pages_stop_at_the_configured_bytes() {
+    // Each record is a 1000-byte payload plus well under 250 bytes of
+    // frame, topic, publisher and timestamp: two fit in 2500 bytes, three
+    // do not.
+    let server = TestServer::start_with(|config| {
+        config.admin.max_history_page_bytes = bytesize::ByteSize::b(2500);
+    })
+    .await;
+    let payload = BASE64.encode([7u8; 1000]);
+    for _ in 0..5 {
+        let (status, body) = send(
+            server
+                .request(Method::POST, "/v1/topics/big.blobs/messages")
+                .json(&json!({"payload": payload, "encoding": "binary"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let mut pages = Vec::new();
+    let mut after = 0;
+    for _ in 0..10 {
+        let (status, page) = server
+            .get(&format!("/v1/topics/big.blobs/history?after={after}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let offsets: Vec<u64> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item["offset"].as_u64().unwrap())
+            .collect();
+        pages.push(offsets);
+        match page["next"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(pages, [vec![1, 2], vec![3, 4], vec![5]]);
+}
+
+#[tokio::test]
+async fn a_history_page_holds_one_message_whatever_its_size() {
+    let server = TestServer::start_with(|config| {
+        config.admin.max_history_page_bytes = bytesize::ByteSize::b(1);
+    })
+    .await;
+    server.publish("tiny.page", json!("first")).await;
+    server.publish("tiny.page", json!("second")).await;
+    let (_, first) = server.get("/v1/topics/tiny.page/history").await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(first["items"][0]["payload"], "first");
+    assert_eq!(first["next"], 1);
+    let (_, second) = server.get("/v1/topics/tiny.page/history?after=1").await;
+    assert_eq!(second["items"][0]["payload"], "second");
+    assert_eq!(second["next"], Value::Null);
+}
+
+#[tokio::test]
 async fn history_shows_each_payload_kind_and_exact_bytes_on_request() {
     let server = TestServer::start().await;
     server.publish("mixed", json!([1, "two", null])).await;
