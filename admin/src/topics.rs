@@ -474,7 +474,6 @@ pub(crate) async fn publish(
     Path(path): Path<TopicPath>,
     Json(request): Json<PublishRequest>,
 ) -> Result<axum::Json<PublishResult>, ApiError> {
-    let name = parse_topic(&state, &path.topic)?;
     let payload = payload_from_request(request)?;
     let max = state.broker.config().limits.max_frame_size.as_u64();
     if payload.len() as u64 > max {
@@ -489,10 +488,11 @@ pub(crate) async fn publish(
     if state.broker.is_draining() {
         return Err(ApiError::Unavailable);
     }
-    let stored = state.broker.topics().is_stored(&name);
+    // `Broker::publish` validates the topic name (its `TopicError` is the
+    // documented 400 `invalid_topic`).
     let (epoch, offset) = state
         .broker
-        .publish(name.as_str(), &payload, &principal.name)
+        .publish(&path.topic, &payload, &principal.name)
         .await
         .map_err(|error| match error {
             PublishError::Topic(error) => error.into(),
@@ -503,8 +503,9 @@ pub(crate) async fn publish(
             },
         })?;
     Ok(axum::Json(PublishResult {
-        topic: name.to_string(),
-        stored,
+        topic: path.topic,
+        // Stored offsets start at 1; a live-only publish answers (0, 0).
+        stored: offset != 0,
         epoch,
         offset,
     }))
