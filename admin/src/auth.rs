@@ -3,13 +3,13 @@
 //! `admin: true`, minted with `sockeye token --admin`) or one of the
 //! configured `admin.api_keys`.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use sockeye_broker::auth::AuthError;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -25,27 +25,56 @@ pub(crate) struct Principal {
 }
 
 /// Refused admin requests by reason (the `code` of the 401/403 body), for
-/// the metrics. A std mutex: held only to bump or copy a small map.
+/// the metrics: one counter per [`AuthError::CODES`] entry, at the same
+/// index, then one for `not_admin` ([`ApiError::NotAdmin`]). Every reason
+/// is always listed, as for the broker's handshake failures.
 #[derive(Debug, Default)]
 pub(crate) struct AuthFailures {
-    counts: Mutex<BTreeMap<&'static str, u64>>,
+    counts: [AtomicU64; AuthError::CODES.len() + 1],
 }
 
 impl AuthFailures {
-    fn count(&self, code: &'static str) {
-        let mut counts = self
-            .counts
-            .lock()
-            .expect("no code panics while holding the auth failure counts");
-        *counts.entry(code).or_insert(0) += 1;
+    fn count(&self, failure: &Failure) {
+        let index = match failure {
+            Failure::Token(error) => error.index(),
+            Failure::NotAdmin => AuthError::CODES.len(),
+        };
+        self.counts[index].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A copy of the counts.
-    pub(crate) fn snapshot(&self) -> BTreeMap<&'static str, u64> {
-        self.counts
-            .lock()
-            .expect("no code panics while holding the auth failure counts")
-            .clone()
+    /// Every reason with its count, in a fixed order.
+    pub(crate) fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        AuthError::CODES
+            .iter()
+            .copied()
+            .chain([ApiError::NotAdmin.code()])
+            .zip(&self.counts)
+            .map(|(code, count)| (code, count.load(Ordering::Relaxed)))
+    }
+}
+
+/// Why a request was refused, before it becomes an [`ApiError`].
+enum Failure {
+    /// No usable credentials (401).
+    Token(AuthError),
+    /// A valid token without the `admin` claim (403).
+    NotAdmin,
+}
+
+impl From<Failure> for ApiError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Token(AuthError::Missing) => ApiError::Unauthorized {
+                code: AuthError::Missing.code(),
+                message: "no credentials: send `Authorization: Bearer <admin token or API key>`"
+                    .into(),
+            },
+            Failure::Token(error) => ApiError::Unauthorized {
+                code: error.code(),
+                message: format!("not a configured API key, and not a valid admin token: {error}"),
+            },
+            Failure::NotAdmin => ApiError::NotAdmin,
+        }
     }
 }
 
@@ -61,21 +90,15 @@ pub(crate) async fn require_admin(
             request.extensions_mut().insert(principal);
             Ok(next.run(request).await)
         }
-        Err(error) => {
-            state.auth_failures.count(error.code());
-            Err(error)
+        Err(failure) => {
+            state.auth_failures.count(&failure);
+            Err(failure.into())
         }
     }
 }
 
-fn missing() -> ApiError {
-    ApiError::Unauthorized {
-        code: "token_missing",
-        message: "no credentials: send `Authorization: Bearer <admin token or API key>`".into(),
-    }
-}
-
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, Failure> {
+    let missing = || Failure::Token(AuthError::Missing);
     let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
     let value = value.to_str().map_err(|_| missing())?;
     let credential = match value.split_once(' ') {
@@ -100,11 +123,8 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiE
         Ok(identity) if identity.admin => Ok(Principal {
             name: identity.subject,
         }),
-        Ok(_) => Err(ApiError::NotAdmin),
-        Err(error) => Err(ApiError::Unauthorized {
-            code: error.code(),
-            message: format!("not a configured API key, and not a valid admin token: {error}"),
-        }),
+        Ok(_) => Err(Failure::NotAdmin),
+        Err(error) => Err(Failure::Token(error)),
     }
 }
 

@@ -247,13 +247,12 @@ impl Collector for BrokerCollector {
             "reason",
             crate::stats::auth_failures(stats),
         )?;
-        let admin_failures = self.admin_auth_failures.snapshot();
         labelled_counters(
             e,
             "sockeye_admin_auth_failures",
             "Admin API requests refused with 401 or 403, by reason.",
             "reason",
-            admin_failures.iter().map(|(code, count)| (*code, *count)),
+            self.admin_auth_failures.counts(),
         )?;
         gauge(
             e,

@@ -180,4 +180,9 @@ async fn refused_admin_requests_are_counted_by_reason() {
         text.contains("sockeye_admin_auth_failures_total{reason=\"not_admin\"} 1"),
         "{text}"
     );
+    // Reasons that did not happen are listed too, at 0.
+    assert!(
+        text.contains("sockeye_admin_auth_failures_total{reason=\"token_expired\"} 0"),
+        "{text}"
+    );
 }
