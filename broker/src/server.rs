@@ -277,8 +277,8 @@ impl std::fmt::Debug for HttpOptions {
 
 /// Serves `router` on `listener` with HTTP/1.1 (upgrades allowed, each
 /// client bounded by `handshake_timeout` to send its request head), over TLS
-/// when configured, until `shutdown` resolves. Then it stops accepting and
-/// gives in-flight requests a second to finish. Upgraded connections are
+/// when configured, until `shutdown` resolves. Then it stops accepting, gives
+/// each in-flight request 1 s to finish and waits 2 s at most in all. Upgraded connections are
 /// not waited for: their owner drains them.
 ///
 /// Requests carry `ConnectInfo<SocketAddr>` with the client's address.
