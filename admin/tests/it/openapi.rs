@@ -287,3 +287,78 @@ fn the_guide_has_a_curl_example_of_every_operation_and_no_other() {
         );
     }
 }
+
+/// The schema of query parameter `name` of `method path`.
+fn parameter<'a>(document: &'a Value, method: &str, path: &str, name: &str) -> &'a Value {
+    document["paths"][path][method]["parameters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{method} {path} has no parameters"))
+        .iter()
+        .find(|parameter| parameter["name"] == name)
+        .unwrap_or_else(|| panic!("{method} {path} has no parameter `{name}`"))
+}
+
+/// Text with every run of whitespace made one space, so that prose wrapped
+/// over lines can be searched.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The limits the document and the guide state are written out by hand in
+/// attributes and prose; they must be the ones the code enforces.
+#[test]
+fn documented_limits_are_the_enforced_ones() {
+    use sockeye_admin::{DEFAULT_LIMIT, MAX_CLOSE_REASON_BYTES, MAX_LIMIT};
+
+    let document: Value = serde_json::from_str(&sockeye_admin::openapi_json()).unwrap();
+    for path in [
+        "/v1/topics",
+        "/v1/connections",
+        "/v1/topics/{topic}/history",
+    ] {
+        let schema = &parameter(&document, "get", path, "limit")["schema"];
+        assert_eq!(schema["minimum"], 1, "{path}: limit minimum");
+        assert_eq!(schema["maximum"], MAX_LIMIT, "{path}: limit maximum");
+        assert_eq!(schema["default"], DEFAULT_LIMIT, "{path}: limit default");
+    }
+    let reason = parameter(&document, "delete", "/v1/connections/{id}", "reason");
+    assert_eq!(reason["schema"]["maxLength"], MAX_CLOSE_REASON_BYTES);
+    let text = one_line(reason["description"].as_str().unwrap());
+    assert!(
+        text.contains(&format!("at most {MAX_CLOSE_REASON_BYTES} bytes")),
+        "{text}"
+    );
+    let description = one_line(document["info"]["description"].as_str().unwrap());
+    let limits = format!("`limit` (1 to {MAX_LIMIT}, default {DEFAULT_LIMIT})");
+    assert!(description.contains(&limits), "{description}");
+
+    let page_bytes = sockeye_broker::Config::default()
+        .admin
+        .max_history_page_bytes
+        .as_u64();
+    assert_eq!(page_bytes % (1 << 20), 0, "the texts below say whole MiB");
+    let page_mib = format!("{} MiB", page_bytes >> 20);
+    let history_limit = parameter(&document, "get", "/v1/topics/{topic}/history", "limit");
+    let text = one_line(history_limit["description"].as_str().unwrap());
+    assert!(
+        text.contains(&format!(
+            "`admin.max_history_page_bytes` ({page_mib} by default)"
+        )),
+        "{text}"
+    );
+
+    let guide = one_line(&std::fs::read_to_string(repo_file("docs/admin.md")).unwrap());
+    for stated in [
+        format!(
+            "`limit`, from 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT}; 0 or more than {MAX_LIMIT} is a 400)"
+        ),
+        format!("| `admin.max_history_page_bytes` | `\"{page_mib}\"` |"),
+        format!("`admin.max_history_page_bytes` (default {page_mib})"),
+        format!("(at most {MAX_CLOSE_REASON_BYTES} bytes;"),
+    ] {
+        assert!(
+            guide.contains(&stated),
+            "docs/admin.md does not say: {stated}"
+        );
+    }
+}
