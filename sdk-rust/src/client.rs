@@ -23,7 +23,10 @@ use crate::subscription::{
 
 /// Tunables of a [`Client`]. Every queue the client owns is bounded by one
 /// of these, or by the number of subscriptions (the client's own control
-/// frames in the outbox, and the notices of dropped subscriptions).
+/// frames in the outbox, and the notices of dropped subscriptions). A
+/// subscription whose queue is full also keeps the notices it could not
+/// queue yet: at most one [`Event::Interrupted`](crate::Event::Interrupted)
+/// and, per topic it matches, one epoch change and one gap.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ClientConfig {

@@ -13,8 +13,13 @@
 //! `try_send`. When a queue is full, an exact subscription to a stored topic
 //! stops advancing its cursor (later deliveries are skipped) and, once the
 //! application has drained half the queue, resubscribes from the cursor;
-//! the broker replays what was skipped. Other subscriptions count what they
-//! skip and report it as [`Event::Lagged`](crate::Event::Lagged).
+//! the broker replays what was skipped. The same resubscribe happens when a
+//! delivery or gap arrives past the cursor for any other reason, so such a
+//! subscription never waits for an offset that will not come. Other
+//! subscriptions count what they skip and report it as
+//! [`Event::Lagged`](crate::Event::Lagged); their notices (interruption,
+//! gap, epoch change) are never skipped: one that finds the queue full is
+//! kept on the subscription and sent first once there is room.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -86,8 +91,11 @@ struct Sub {
     /// Non-resumable deliveries skipped because the queue was full, not yet
     /// reported.
     missed: u64,
-    /// An [`Item::Interrupted`] is owed to the application.
-    interrupted: bool,
+    /// Notices ([`Item::Interrupted`], [`Item::Gap`], [`Item::EpochChanged`])
+    /// that found the queue full, oldest first; sent before anything else.
+    /// Coalesced by [`Sub::owe`]: at most one `Interrupted`, and per topic
+    /// one `EpochChanged` and one `Gap` per epoch.
+    owed: VecDeque<Item>,
 }
 
 impl Sub {
@@ -95,13 +103,62 @@ impl Sub {
         self.expected.is_some()
     }
 
+    /// Records a notice the application must get; [`Sub::flush_notices`]
+    /// sends it in order once the queue has room.
+    fn owe(&mut self, notice: Item) {
+        match &notice {
+            Item::Interrupted => {
+                if self
+                    .owed
+                    .iter()
+                    .any(|owed| matches!(owed, Item::Interrupted))
+                {
+                    return;
+                }
+            }
+            Item::EpochChanged { topic, .. } => {
+                // The older epoch's offsets are void, and with them whatever
+                // was owed about that topic.
+                self.owed.retain(|owed| match owed {
+                    Item::Gap { topic: other, .. } | Item::EpochChanged { topic: other, .. } => {
+                        other != topic
+                    }
+                    _ => true,
+                });
+            }
+            Item::Gap { topic, gap } => {
+                // Deliveries between two gaps of one topic were discarded
+                // (and counted as missed) while the notice waited, so one
+                // covering range is what the application could not read.
+                for owed in &mut self.owed {
+                    if let Item::Gap {
+                        topic: other,
+                        gap: earlier,
+                    } = owed
+                        && other == topic
+                        && earlier.epoch == gap.epoch
+                    {
+                        earlier.from = earlier.from.min(gap.from);
+                        earlier.to = earlier.to.max(gap.to);
+                        return;
+                    }
+                }
+            }
+            Item::Message(_) | Item::Lagged { .. } | Item::Failed(_) => {}
+        }
+        self.owed.push_back(notice);
+    }
+
     /// Sends the notices owed to the application; true if none is left.
     fn flush_notices(&mut self) -> bool {
-        if self.interrupted {
-            if self.queue.try_send(Item::Interrupted).is_err() {
-                return false;
+        while let Some(notice) = self.owed.pop_front() {
+            match self.queue.try_send(notice) {
+                Ok(()) => {}
+                Err(TrySendError::Full(notice) | TrySendError::Closed(notice)) => {
+                    self.owed.push_front(notice);
+                    return false;
+                }
             }
-            self.interrupted = false;
         }
         if self.missed > 0 {
             let missed = self.missed;
@@ -497,7 +554,7 @@ impl Driver {
         }
         for sub in self.subs.values_mut() {
             if sub.held && !sub.resumable() {
-                sub.interrupted = true;
+                sub.owe(Item::Interrupted);
             }
             sub.in_flight = false;
             sub.held = false;
@@ -559,7 +616,7 @@ impl Driver {
                         needs_resync: false,
                         waiting: false,
                         missed: 0,
-                        interrupted: false,
+                        owed: VecDeque::new(),
                     },
                 );
                 self.send_subscribe(conn, key);
@@ -655,6 +712,37 @@ impl Driver {
         Self::register_wake(conn, key, sub);
     }
 
+    /// A delivery or gap past the cursor of a resumable subscription: the
+    /// offsets in between never arrived. Unless the subscription is already
+    /// being made again (then the frame belongs to the one being replaced),
+    /// resubscribe from the cursor, so the broker replays the missing
+    /// offsets or reports them as a gap; dropping the frame and waiting
+    /// would stall the subscription for good.
+    fn ahead_of_cursor(conn: &mut Conn, key: SubKey, sub: &mut Sub, epoch: u64, from: u64) {
+        if sub.in_flight || sub.needs_resync {
+            tracing::trace!(filter = %sub.filter, epoch, from, "skipping a frame past the cursor; a resubscribe is under way");
+            return;
+        }
+        tracing::debug!(
+            filter = %sub.filter,
+            epoch,
+            from,
+            expected = ?sub.expected,
+            "a frame past the cursor: resubscribing from the cursor"
+        );
+        sub.needs_resync = true;
+        Self::register_wake(conn, key, sub);
+    }
+
+    /// Records a notice for a subscription that cannot be resumed and sends
+    /// what it owes, or waits for room.
+    fn notify(conn: &mut Conn, key: SubKey, sub: &mut Sub, notice: Item) {
+        sub.owe(notice);
+        if !sub.flush_notices() {
+            Self::register_wake(conn, key, sub);
+        }
+    }
+
     /// A subscription's queue has room again.
     fn on_room(&mut self, conn: &mut Conn, key: SubKey) {
         let Some(sub) = self.subs.get_mut(&key) else {
@@ -665,15 +753,15 @@ impl Driver {
             self.on_dropped(conn, key);
             return;
         }
-        if sub.resumable() {
-            if sub.needs_resync && !sub.in_flight {
-                sub.needs_resync = false;
-                let topic = sub.filter.to_string();
-                self.send_unsubscribe(conn, topic);
-                self.send_subscribe(conn, key);
-            }
-        } else if !sub.flush_notices() {
+        if !sub.flush_notices() {
             Self::register_wake(conn, key, sub);
+            return;
+        }
+        if sub.resumable() && sub.needs_resync && !sub.in_flight {
+            sub.needs_resync = false;
+            let topic = sub.filter.to_string();
+            self.send_unsubscribe(conn, topic);
+            self.send_subscribe(conn, key);
         }
     }
 
@@ -806,13 +894,29 @@ impl Driver {
             return;
         };
         if let Some((epoch, next)) = sub.expected {
-            if delivery.epoch != epoch || delivery.offset != next {
-                tracing::trace!(
-                    topic = %delivery.topic,
-                    offset = delivery.offset,
-                    next,
-                    "skipping a delivery that is not the next one"
-                );
+            match arrival(
+                (epoch, next),
+                delivery.epoch,
+                delivery.offset,
+                delivery.offset,
+            ) {
+                Arrival::Behind => {
+                    tracing::trace!(
+                        topic = %delivery.topic,
+                        offset = delivery.offset,
+                        next,
+                        "skipping a delivery already handed over"
+                    );
+                    return;
+                }
+                Arrival::Ahead => {
+                    Self::ahead_of_cursor(conn, key, sub, delivery.epoch, delivery.offset);
+                    return;
+                }
+                Arrival::Next => {}
+            }
+            if !sub.flush_notices() {
+                Self::overflowed(conn, key, sub);
                 return;
             }
             match sub.queue.try_send(Item::Message(delivery)) {
@@ -844,24 +948,36 @@ impl Driver {
         let Some(sub) = self.subs.get_mut(&key) else {
             return;
         };
-        let gap = Gap {
-            epoch,
-            from: range.from,
-            to: range.to,
+        let Some((expected_epoch, next)) = sub.expected else {
+            let gap = Gap {
+                epoch,
+                from: range.from,
+                to: range.to,
+            };
+            Self::notify(conn, key, sub, Item::Gap { topic, gap });
+            return;
         };
-        match sub.expected {
-            Some((expected_epoch, next))
-                if expected_epoch == epoch && (range.from..=range.to).contains(&next) =>
-            {
+        match arrival((expected_epoch, next), epoch, range.from, range.to) {
+            Arrival::Behind => {
+                tracing::trace!(%topic, next, "skipping a gap before the cursor");
+            }
+            Arrival::Ahead => Self::ahead_of_cursor(conn, key, sub, epoch, range.from),
+            Arrival::Next => {
+                if !sub.flush_notices() {
+                    Self::overflowed(conn, key, sub);
+                    return;
+                }
+                // Offsets before the cursor were delivered: not part of the gap.
+                let gap = Gap {
+                    epoch,
+                    from: next,
+                    to: range.to,
+                };
                 match sub.queue.try_send(Item::Gap { topic, gap }) {
                     Ok(()) => sub.expected = Some((epoch, range.to + 1)),
                     Err(TrySendError::Full(_)) => Self::overflowed(conn, key, sub),
                     Err(TrySendError::Closed(_)) => self.on_dropped(conn, key),
                 }
-            }
-            Some(_) => tracing::trace!(%topic, "skipping a gap that is not at the cursor"),
-            None => {
-                let _ = sub.queue.try_send(Item::Gap { topic, gap });
             }
         }
     }
@@ -873,25 +989,25 @@ impl Driver {
         let Some(sub) = self.subs.get_mut(&key) else {
             return;
         };
-        if sub.expected.is_some_and(|(current, _)| current == epoch) {
-            return; // Already in that epoch: a stale frame.
-        }
         let item = Item::EpochChanged {
             topic,
             epoch,
             next_offset: 1,
         };
+        let Some((current, _)) = sub.expected else {
+            Self::notify(conn, key, sub, item);
+            return;
+        };
+        if current == epoch {
+            return; // Already in that epoch: a stale frame.
+        }
+        if !sub.flush_notices() {
+            Self::overflowed(conn, key, sub);
+            return;
+        }
         match sub.queue.try_send(item) {
-            Ok(()) => {
-                if sub.expected.is_some() {
-                    sub.expected = Some((epoch, 1));
-                }
-            }
-            Err(TrySendError::Full(_)) if sub.resumable() => Self::overflowed(conn, key, sub),
-            Err(TrySendError::Full(_)) => {
-                sub.missed += 1;
-                Self::register_wake(conn, key, sub);
-            }
+            Ok(()) => sub.expected = Some((epoch, 1)),
+            Err(TrySendError::Full(_)) => Self::overflowed(conn, key, sub),
             Err(TrySendError::Closed(_)) => self.on_dropped(conn, key),
         }
     }
@@ -928,15 +1044,26 @@ impl Driver {
                     },
                 });
             }
-            let delivered = match notice {
-                None => true,
-                Some(notice) => sub.queue.try_send(notice).is_ok(),
-            };
-            if delivered || sub.expected.is_none() {
+            if sub.expected.is_none() {
+                // A new cursor: there is no earlier one to resubscribe from,
+                // so a notice that finds the queue full is owed.
                 sub.expected = Some((reply.epoch, reply.next_offset));
-            }
-            if !delivered {
-                sub.needs_resync = true;
+                if let Some(notice) = notice {
+                    sub.owe(notice);
+                }
+                if !sub.flush_notices() {
+                    Self::register_wake(conn, key, sub);
+                }
+            } else {
+                // A resume: if the notice cannot be queued, keep the old
+                // cursor; resubscribing from it reports the notice again.
+                let delivered = sub.flush_notices()
+                    && notice.is_none_or(|notice| sub.queue.try_send(notice).is_ok());
+                if delivered {
+                    sub.expected = Some((reply.epoch, reply.next_offset));
+                } else {
+                    sub.needs_resync = true;
+                }
             }
             if sub.needs_resync {
                 Self::register_wake(conn, key, sub);
@@ -970,7 +1097,7 @@ impl Driver {
             ErrorCode::PositionUnsupported => {
                 // The topic is no longer stored: continue live, and say so.
                 sub.expected = None;
-                sub.interrupted = true;
+                sub.owe(Item::Interrupted);
                 self.send_subscribe(conn, key);
             }
             ErrorCode::AlreadySubscribed => sub.held = true,
@@ -985,6 +1112,29 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// Where a frame covering offsets `from..=to` of `epoch` stands against a
+/// resumable subscription's cursor `(epoch, next)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// It covers `next`: hand it to the application.
+    Next,
+    /// Everything in it was already handed over: a duplicate.
+    Behind,
+    /// It starts past `next`, or is of another epoch than the cursor's:
+    /// offsets in between are missing.
+    Ahead,
+}
+
+fn arrival((cursor_epoch, next): (u64, u64), epoch: u64, from: u64, to: u64) -> Arrival {
+    if epoch != cursor_epoch || from > next {
+        Arrival::Ahead
+    } else if to < next {
+        Arrival::Behind
+    } else {
+        Arrival::Next
     }
 }
 
@@ -1165,7 +1315,323 @@ async fn sleep_until_option(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
+    use sockeye_protocol::Payload;
+
     use super::*;
+
+    const KEY: SubKey = 1;
+
+    fn driver() -> Driver {
+        let (_, commands) = mpsc::channel(1);
+        let (_, dropped) = mpsc::unbounded_channel();
+        let (_, close) = watch::channel(false);
+        let (state, _) = watch::channel(ConnectionState::Connecting);
+        Driver::new(
+            "ws://127.0.0.1:1/ws".into(),
+            TokenSource::Fixed("token".into()),
+            Arc::new(ClientConfig::default()),
+            commands,
+            dropped,
+            close,
+            state,
+        )
+    }
+
+    fn conn() -> Conn {
+        Conn {
+            outbox: VecDeque::new(),
+            pending: HashMap::new(),
+            compression: Compression {
+                threshold: usize::MAX,
+                level: 1,
+            },
+            max_inflated: 1 << 20,
+            refresh: None,
+            wakes: FuturesUnordered::new(),
+            silence: None,
+        }
+    }
+
+    /// Adds a held subscription to `filter` whose cursor is `expected`
+    /// (`None`: not resumable), and returns its queue's receiving end.
+    fn hold(
+        driver: &mut Driver,
+        filter: &str,
+        expected: Option<(u64, u64)>,
+        capacity: usize,
+    ) -> mpsc::Receiver<Item> {
+        let (queue, receiver) = mpsc::channel(capacity);
+        let sub = Sub {
+            filter: TopicFilter::parse(filter, usize::MAX).unwrap(),
+            queue,
+            first: None,
+            position: None,
+            expected,
+            in_flight: false,
+            held: true,
+            needs_resync: false,
+            waiting: false,
+            missed: 0,
+            owed: VecDeque::new(),
+        };
+        driver.subs.insert(KEY, sub);
+        receiver
+    }
+
+    fn delivery(topic: &str, epoch: u64, offset: u64) -> ServerMessage {
+        ServerMessage::Message(Delivery {
+            topic: topic.into(),
+            epoch,
+            offset,
+            timestamp_ms: 1,
+            publisher: "p".into(),
+            payload: Payload::binary(b"x"),
+        })
+    }
+
+    fn gap(topic: &str, epoch: u64, from: u64, to: u64) -> ServerMessage {
+        ServerMessage::Gap {
+            topic: topic.into(),
+            epoch,
+            range: OffsetRange { from, to },
+        }
+    }
+
+    /// The frames queued for the broker, decoded, and the outbox emptied.
+    fn sent(conn: &mut Conn) -> Vec<ClientMessage> {
+        conn.outbox
+            .drain(..)
+            .map(|frame| match frame {
+                WsMessage::Binary(data) => {
+                    ClientMessage::decode(&frame::open(&data, 1 << 20).unwrap()).unwrap()
+                }
+                other => panic!("unexpected frame {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Runs the wake-ups that are ready, as the session loop would.
+    async fn run_wakes(driver: &mut Driver, conn: &mut Conn) {
+        while let Some(Some(key)) = futures_util::FutureExt::now_or_never(conn.wakes.next()) {
+            driver.on_room(conn, key);
+        }
+    }
+
+    fn offsets(receiver: &mut mpsc::Receiver<Item>) -> Vec<u64> {
+        let mut offsets = Vec::new();
+        while let Ok(item) = receiver.try_recv() {
+            match item {
+                Item::Message(delivery) => offsets.push(delivery.offset),
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+        offsets
+    }
+
+    #[test]
+    fn frames_are_placed_against_the_cursor() {
+        let cursor = (9, 5);
+        assert_eq!(arrival(cursor, 9, 5, 5), Arrival::Next);
+        assert_eq!(arrival(cursor, 9, 4, 4), Arrival::Behind);
+        assert_eq!(arrival(cursor, 9, 6, 6), Arrival::Ahead);
+        assert_eq!(arrival(cursor, 8, 5, 5), Arrival::Ahead);
+        assert_eq!(arrival(cursor, 10, 5, 5), Arrival::Ahead);
+        // Gaps.
+        assert_eq!(arrival(cursor, 9, 3, 7), Arrival::Next);
+        assert_eq!(arrival(cursor, 9, 5, 9), Arrival::Next);
+        assert_eq!(arrival(cursor, 9, 1, 4), Arrival::Behind);
+        assert_eq!(arrival(cursor, 9, 6, 9), Arrival::Ahead);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_past_the_cursor_resubscribes_from_the_cursor() {
+        let mut driver = driver();
+        let mut conn = conn();
+        let mut receiver = hold(&mut driver, "chat", Some((9, 5)), 8);
+        driver.on_message(&mut conn, delivery("chat", 9, 5));
+        // Offset 6 never arrives; 7 and 8 do.
+        driver.on_message(&mut conn, delivery("chat", 9, 7));
+        driver.on_message(&mut conn, delivery("chat", 9, 8));
+        assert_eq!(offsets(&mut receiver), [5]);
+        run_wakes(&mut driver, &mut conn).await;
+        let frames = sent(&mut conn);
+        assert!(
+            matches!(
+                frames.as_slice(),
+                [
+                    ClientMessage::Unsubscribe { topic: unsubscribed, .. },
+                    ClientMessage::Subscribe {
+                        topic,
+                        position: Some(Position::After { epoch: 9, offset: 5 }),
+                        ..
+                    },
+                ] if unsubscribed == "chat" && topic == "chat"
+            ),
+            "{frames:?}"
+        );
+        // Frames of the subscription being replaced do not start another.
+        driver.on_message(&mut conn, delivery("chat", 9, 9));
+        run_wakes(&mut driver, &mut conn).await;
+        assert!(sent(&mut conn).is_empty());
+        // The new subscription replays from the cursor.
+        driver.on_subscribed(&mut conn, KEY, subscribed("chat", 9, 6));
+        for offset in 6..=9 {
+            driver.on_message(&mut conn, delivery("chat", 9, offset));
+        }
+        assert_eq!(offsets(&mut receiver), [6, 7, 8, 9]);
+        assert!(sent(&mut conn).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_gap_past_the_cursor_or_of_another_epoch_resubscribes() {
+        for frame in [
+            gap("chat", 9, 7, 8),
+            gap("chat", 10, 1, 3),
+            delivery("chat", 10, 1),
+        ] {
+            let mut driver = driver();
+            let mut conn = conn();
+            let mut receiver = hold(&mut driver, "chat", Some((9, 5)), 8);
+            driver.on_message(&mut conn, frame.clone());
+            assert!(receiver.try_recv().is_err(), "{frame:?} is not handed over");
+            run_wakes(&mut driver, &mut conn).await;
+            let frames = sent(&mut conn);
+            assert!(
+                matches!(
+                    frames.as_slice(),
+                    [
+                        ClientMessage::Unsubscribe { .. },
+                        ClientMessage::Subscribe {
+                            position: Some(Position::After {
+                                epoch: 9,
+                                offset: 4
+                            }),
+                            ..
+                        },
+                    ]
+                ),
+                "{frame:?}: {frames:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_dropped_without_resubscribing() {
+        let mut driver = driver();
+        let mut conn = conn();
+        let mut receiver = hold(&mut driver, "chat", Some((9, 5)), 8);
+        driver.on_message(&mut conn, delivery("chat", 9, 4));
+        driver.on_message(&mut conn, gap("chat", 9, 1, 3));
+        driver.on_message(&mut conn, delivery("chat", 9, 5));
+        run_wakes(&mut driver, &mut conn).await;
+        assert_eq!(offsets(&mut receiver), [5]);
+        assert!(sent(&mut conn).is_empty());
+    }
+
+    fn subscribed(topic: &str, epoch: u64, next_offset: u64) -> Subscribed {
+        Subscribed {
+            id: 0,
+            topic: topic.into(),
+            stored: true,
+            epoch,
+            last_offset: next_offset.saturating_sub(1),
+            next_offset,
+            complete: true,
+            gap: None,
+            epoch_changed: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn notices_that_find_a_full_queue_arrive_once_there_is_room() {
+        let mut driver = driver();
+        let mut conn = conn();
+        let mut receiver = hold(&mut driver, "chat", None, 1);
+        driver.on_message(&mut conn, delivery("chat", 0, 0));
+        // The queue is full: none of these fits.
+        driver.on_message(
+            &mut conn,
+            ServerMessage::Reset {
+                topic: "chat".into(),
+                epoch: 10,
+            },
+        );
+        driver.on_message(&mut conn, gap("chat", 10, 1, 2));
+        driver.on_message(&mut conn, delivery("chat", 0, 0));
+        driver.on_message(&mut conn, gap("chat", 10, 4, 5));
+        driver.on_message(&mut conn, delivery("chat", 0, 0));
+        let mut items = Vec::new();
+        for _ in 0..10 {
+            while let Ok(item) = receiver.try_recv() {
+                items.push(item);
+            }
+            run_wakes(&mut driver, &mut conn).await;
+        }
+        let expected_gap = Gap {
+            epoch: 10,
+            from: 1,
+            to: 5,
+        };
+        assert!(
+            matches!(
+                items.as_slice(),
+                [
+                    Item::Message(_),
+                    Item::EpochChanged { epoch: 10, next_offset: 1, .. },
+                    Item::Gap { gap, .. },
+                    Item::Lagged { missed: 2 },
+                ] if *gap == expected_gap
+            ),
+            "{items:?}"
+        );
+    }
+
+    #[test]
+    fn owed_notices_are_coalesced_per_topic() {
+        let (queue, _receiver) = mpsc::channel(1);
+        let mut sub = Sub {
+            filter: TopicFilter::parse("chat.>", usize::MAX).unwrap(),
+            queue,
+            first: None,
+            position: None,
+            expected: None,
+            in_flight: false,
+            held: true,
+            needs_resync: false,
+            waiting: false,
+            missed: 0,
+            owed: VecDeque::new(),
+        };
+        let reset = |topic: &str, epoch| Item::EpochChanged {
+            topic: topic.into(),
+            epoch,
+            next_offset: 1,
+        };
+        let gap = |topic: &str, epoch, from, to| Item::Gap {
+            topic: topic.into(),
+            gap: Gap { epoch, from, to },
+        };
+        sub.owe(Item::Interrupted);
+        sub.owe(gap("chat.a", 3, 1, 2));
+        sub.owe(Item::Interrupted);
+        sub.owe(gap("chat.b", 3, 1, 1));
+        // A reset voids what was owed about the older epoch of that topic.
+        sub.owe(reset("chat.a", 4));
+        sub.owe(gap("chat.a", 4, 2, 3));
+        sub.owe(gap("chat.a", 4, 7, 7));
+        sub.owe(reset("chat.b", 5));
+        let owed: Vec<String> = sub.owed.iter().map(|item| format!("{item:?}")).collect();
+        let expected: Vec<String> = [
+            Item::Interrupted,
+            reset("chat.a", 4),
+            gap("chat.a", 4, 2, 7),
+            reset("chat.b", 5),
+        ]
+        .iter()
+        .map(|item| format!("{item:?}"))
+        .collect();
+        assert_eq!(owed, expected);
+    }
 
     #[test]
     fn retry_hints_are_read_from_the_close_reason() {

@@ -91,7 +91,9 @@
 //!   replayed: the client discards deliveries while the queue is full and
 //!   then yields [`Event::Lagged`] with the number discarded. A broker-side
 //!   slow-consumer close (4002) affects them the same way, reported as
-//!   [`Event::Interrupted`].
+//!   [`Event::Interrupted`]. Notices ([`Event::Interrupted`],
+//!   [`Event::Gap`], [`Event::EpochChanged`]) are never discarded: they wait
+//!   for room and come before the [`Event::Lagged`] count.
 //!
 //! # Reconnecting
 //!
