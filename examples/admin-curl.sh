@@ -10,13 +10,15 @@
 set -euo pipefail
 
 ADMIN=${ADMIN:-http://127.0.0.1:8081}
+# Seconds each request may take before curl gives up (and the script fails).
+CURL_MAX_TIME=${CURL_MAX_TIME:-30}
 : "${TOKEN:?set TOKEN to an admin token or API key}"
 TOPIC=${1:-demo.admin}
 
 call() {
   # call METHOD PATH [JSON-BODY]
   local method=$1 path=$2
-  local args=(-sS --fail-with-body -X "$method" -H "Authorization: Bearer $TOKEN")
+  local args=(-sS --fail-with-body --max-time "$CURL_MAX_TIME" -X "$method" -H "Authorization: Bearer $TOKEN")
   if [[ $# -ge 3 ]]; then
     args+=(-H 'Content-Type: application/json' --data "$3")
   fi
@@ -25,7 +27,7 @@ call() {
 }
 
 echo "== health"
-curl -sS --fail-with-body "$ADMIN/healthz"
+curl -sS --fail-with-body --max-time "$CURL_MAX_TIME" "$ADMIN/healthz"
 echo
 
 echo "== publish two messages to $TOPIC"

@@ -1,51 +1,56 @@
 //! The `sockeye` command line, as scripts and the docs use it: `config`
-//! prints a file that loads, `token` prints a token the broker accepts,
-//! `serve` shuts down gracefully on SIGTERM with 1001 to its clients.
+//! prints a file that `serve` runs with, `token` prints a token the broker
+//! accepts, `serve` shuts down gracefully on SIGTERM with 1001 to its
+//! clients.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::process::Stdio;
-use std::time::Duration;
 
 use futures_util::StreamExt;
+use sockeye_protocol::{ClientMessage, ServerMessage};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sockeye");
-const WAIT: Duration = Duration::from_secs(30);
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use support::{BIN, Serve, WAIT, connect, mint, recv, send};
 
 #[tokio::test]
 async fn config_prints_a_file_that_serve_accepts() {
-    let output = Command::new(BIN).arg("config").output().await.unwrap();
+    let output = tokio::time::timeout(
+        WAIT,
+        Command::new(BIN).arg("config").kill_on_drop(true).output(),
+    )
+    .await
+    .expect("sockeye config finishes in time")
+    .unwrap();
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("[server]") && text.contains("[[retention]]"));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sockeye.toml");
     std::fs::write(&file, text).unwrap();
-    // `token` loads the whole configuration too, so it validates the file.
-    let output = Command::new(BIN)
-        .args(["token", "--sub", "x", "--config"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .await
-        .unwrap();
+    let file = file.to_str().unwrap();
+
+    // The printed file as is; only the listeners move to free ports, since
+    // its defaults are fixed and tests run in parallel.
+    let serve = Serve::start(
+        dir.path(),
+        &["--config", file, "--admin-listen", "127.0.0.1:0"],
+    )
+    .await;
     assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        serve.listen_address("admin API").is_some(),
+        "{:#?}",
+        serve.log
     );
+    // A token minted with the same file works on it.
+    let token = mint(dir.path(), &["--sub", "x", "--config", file]).await;
+    let mut socket = connect(serve.addr, &token).await;
+    send(&mut socket, ClientMessage::Ping { id: 1 }).await;
+    assert_eq!(recv(&mut socket).await, ServerMessage::Pong { id: 1 });
+    drop(socket);
+    serve.terminate().await;
 }
 
 #[tokio::test]
@@ -53,14 +58,20 @@ async fn an_invalid_config_is_refused_with_the_key_that_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[limits]\noutbound_queue = 0\n").unwrap();
-    let output = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .await
-        .unwrap();
+    let output = tokio::time::timeout(
+        WAIT,
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("sockeye refuses the file instead of serving")
+    .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("limits.outbound_queue"), "{stderr}");
@@ -69,55 +80,16 @@ async fn an_invalid_config_is_refused_with_the_key_that_is_wrong() {
 #[tokio::test]
 async fn serve_with_no_config_accepts_a_minted_token_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .env("SOCKEYE_ADMIN__ENABLED", "false")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let output = Command::new(BIN)
-        .args(["token", "--sub", "cli-user", "--ttl", "10m", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success());
-    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    // No config file: every default, the admin listener moved to a free port.
+    let serve = Serve::start(dir.path(), &["--admin-listen", "127.0.0.1:0"]).await;
     assert!(
         dir.path().join("dev-secret").exists(),
-        "the secret was generated"
+        "serve generated the development secret"
     );
+    let token = mint(dir.path(), &["--sub", "cli-user", "--ttl", "10m"]).await;
+    let mut socket = connect(serve.addr, &token).await;
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut socket = loop {
-        let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
-        request.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-        );
-        match tokio_tungstenite::connect_async(request).await {
-            Ok((socket, _)) => break socket,
-            Err(err) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "never accepted: {err}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    assert!(matches!(socket.next().await, Some(Ok(Message::Binary(_)))));
-
-    let pid = child.id().unwrap();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
+    serve.sigterm();
     let close = tokio::time::timeout(WAIT, async {
         loop {
             match socket.next().await {
@@ -128,13 +100,13 @@ async fn serve_with_no_config_accepts_a_minted_token_and_drains_on_sigterm() {
         }
     })
     .await
-    .unwrap()
-    .unwrap();
+    .expect("a close frame within the wait")
+    .expect("the close frame has a code");
     assert_eq!(u16::from(close.code), 1001);
-    assert!(close.reason.starts_with("retry_after_ms="));
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "serve exits cleanly after draining");
+    assert!(close.reason.starts_with("retry_after_ms="), "{close:?}");
+    let status = serve.wait().await;
+    assert!(
+        status.success(),
+        "serve exits cleanly after draining: {status}"
+    );
 }

@@ -4,34 +4,25 @@
 //! payload, at its offset, in one contiguous stream.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use sockeye_protocol::{ClientMessage, Compression, Payload, Position, ServerMessage, frame};
-use tokio::process::{Child, Command};
+use futures_util::SinkExt;
+use sockeye_protocol::{ClientMessage, Compression, Payload, Position, ServerMessage};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sockeye");
+use support::{Serve, WAIT, connect, mint, recv, send, try_recv};
+
 const TOPIC: &str = "crash.test";
-const WAIT: Duration = Duration::from_secs(30);
+/// Acks all publishers together must have received before each SIGKILL, so
+/// every cycle kills the broker in the middle of real acked traffic.
+const ACKS_BEFORE_KILL: usize = 2_000;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn spawn_broker(data_dir: &Path, addr: SocketAddr) -> Child {
+async fn start_broker(data_dir: &Path) -> Serve {
     // Retain everything the test publishes, so any missing offset is loss.
     let config = data_dir.join("crash-test.toml");
     std::fs::write(
@@ -40,63 +31,7 @@ fn spawn_broker(data_dir: &Path, addr: SocketAddr) -> Child {
          [[retention]]\npattern = \">\"\nmax_messages = 10000000\nmax_bytes = \"4 GiB\"\n",
     )
     .unwrap();
-    Command::new(BIN)
-        .args(["serve", "--listen", &addr.to_string(), "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn token(data_dir: &Path) -> String {
-    let output = Command::new(BIN)
-        .args(["token", "--sub", "crash", "--ttl", "1h", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-async fn connect(addr: SocketAddr, token: &str) -> Socket {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
-        request.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-        );
-        match tokio_tungstenite::connect_async(request).await {
-            Ok((mut socket, _)) => {
-                // The welcome frame.
-                recv(&mut socket).await.unwrap();
-                return socket;
-            }
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => panic!("the broker never accepted: {err}"),
-        }
-    }
-}
-
-async fn recv(socket: &mut Socket) -> Option<ServerMessage> {
-    loop {
-        match tokio::time::timeout(WAIT, socket.next()).await.ok()?? {
-            Ok(Message::Binary(data)) => {
-                let body = frame::open(&data, 64 << 20).unwrap();
-                return Some(ServerMessage::decode(&body).unwrap());
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
+    Serve::start(data_dir, &["--config", config.to_str().unwrap()]).await
 }
 
 fn payload_for(client: u64, seq: u64) -> Vec<u8> {
@@ -104,11 +39,12 @@ fn payload_for(client: u64, seq: u64) -> Vec<u8> {
 }
 
 /// Publishes with acks until the connection dies; returns what was acked,
-/// as offset -> payload.
+/// as offset -> payload, and reports each ack on `acks` as it comes.
 async fn publish_until_killed(
     addr: SocketAddr,
     token: String,
     client: u64,
+    acks: mpsc::UnboundedSender<()>,
 ) -> BTreeMap<u64, Vec<u8>> {
     let mut socket = connect(addr, &token).await;
     let mut acked = BTreeMap::new();
@@ -124,22 +60,22 @@ async fn publish_until_killed(
                 payload: Payload::binary(&payload_for(client, next)),
                 ack: true,
             };
-            if socket
-                .send(Message::Binary(
-                    message.encode_frame(&Compression::default()),
-                ))
+            let frame = Message::Binary(message.encode_frame(&Compression::default()));
+            let sent_in_time = tokio::time::timeout(WAIT, socket.send(frame))
                 .await
-                .is_err()
-            {
+                .expect("a publish is written or fails within the wait");
+            if sent_in_time.is_err() {
                 return acked;
             }
             sent.insert(next, payload_for(client, next));
             next += 1;
         }
-        match recv(&mut socket).await {
+        match try_recv(&mut socket).await {
             Some(ServerMessage::Published { id, offset, .. }) => {
                 let payload = sent.remove(&id).unwrap();
                 acked.insert(offset, payload);
+                // The receiver is gone once the kill was decided.
+                let _ = acks.send(());
             }
             Some(other) => panic!("unexpected {other:?}"),
             None => return acked,
@@ -150,19 +86,17 @@ async fn publish_until_killed(
 /// Reads the whole stored stream and checks every acked message is in it.
 async fn verify(addr: SocketAddr, token: &str, acked: &BTreeMap<u64, Vec<u8>>) -> u64 {
     let mut socket = connect(addr, token).await;
-    let subscribe = ClientMessage::Subscribe {
-        id: 1,
-        topic: TOPIC.into(),
-        position: Some(Position::Oldest),
-    };
-    socket
-        .send(Message::Binary(
-            subscribe.encode_frame(&Compression::default()),
-        ))
-        .await
-        .unwrap();
+    send(
+        &mut socket,
+        ClientMessage::Subscribe {
+            id: 1,
+            topic: TOPIC.into(),
+            position: Some(Position::Oldest),
+        },
+    )
+    .await;
     let last = match recv(&mut socket).await {
-        Some(ServerMessage::Subscribed(reply)) => {
+        ServerMessage::Subscribed(reply) => {
             assert_eq!(reply.next_offset, 1, "nothing was trimmed");
             reply.last_offset
         }
@@ -175,7 +109,7 @@ async fn verify(addr: SocketAddr, token: &str, acked: &BTreeMap<u64, Vec<u8>>) -
     );
     for expected in 1..=last {
         match recv(&mut socket).await {
-            Some(ServerMessage::Message(delivery)) => {
+            ServerMessage::Message(delivery) => {
                 assert_eq!(delivery.offset, expected, "offsets are contiguous");
                 if let Some(payload) = acked.get(&expected) {
                     assert_eq!(
@@ -194,23 +128,53 @@ async fn verify(addr: SocketAddr, token: &str, acked: &BTreeMap<u64, Vec<u8>>) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acked_message_survives_repeated_sigkill_in_fsync_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let token = token(dir.path()).await;
     let mut acked: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut minted = None;
     for cycle in 0..3 {
-        let addr = free_port();
-        let mut broker = spawn_broker(dir.path(), addr);
+        let broker = start_broker(dir.path()).await;
+        // Minted once the first broker serves, with the secret it created.
+        if minted.is_none() {
+            minted = Some(mint(dir.path(), &["--sub", "crash", "--ttl", "1h"]).await);
+        }
+        let token = minted.as_deref().unwrap();
         // Everything acked before earlier kills is still there.
-        let before = verify(addr, &token, &acked).await;
+        let before = verify(broker.addr, token, &acked).await;
+        let (acks, mut acked_so_far) = mpsc::unbounded_channel();
         let publishers: Vec<_> = (0..4)
-            .map(|client| tokio::spawn(publish_until_killed(addr, token.clone(), client)))
+            .map(|client| {
+                tokio::spawn(publish_until_killed(
+                    broker.addr,
+                    token.to_owned(),
+                    client,
+                    acks.clone(),
+                ))
+            })
             .collect();
-        // Let them publish, then kill the broker without warning.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        broker.start_kill().unwrap();
-        broker.wait().await.unwrap();
+        drop(acks);
+        // Let them publish until enough is acked, then kill the broker
+        // without warning. The deadline only catches a stalled broker.
+        let enough = tokio::time::timeout(WAIT * 2, async {
+            for _ in 0..ACKS_BEFORE_KILL {
+                acked_so_far
+                    .recv()
+                    .await
+                    .expect("the publishers run until the broker dies");
+            }
+        })
+        .await;
+        assert!(
+            enough.is_ok(),
+            "cycle {cycle}: fewer than {ACKS_BEFORE_KILL} acks within {:?}",
+            WAIT * 2
+        );
+        drop(acked_so_far);
+        broker.kill().await;
         let mut acked_this_cycle = 0;
         for publisher in publishers {
-            let got = publisher.await.unwrap();
+            let got = tokio::time::timeout(WAIT, publisher)
+                .await
+                .expect("a publisher notices the broker died")
+                .unwrap();
             acked_this_cycle += got.len();
             for (offset, payload) in got {
                 assert!(
@@ -219,11 +183,14 @@ async fn every_acked_message_survives_repeated_sigkill_in_fsync_mode() {
                 );
             }
         }
-        assert!(acked_this_cycle > 0, "cycle {cycle}: nothing was acked");
+        assert!(
+            acked_this_cycle >= ACKS_BEFORE_KILL,
+            "cycle {cycle}: {acked_this_cycle} acked, {ACKS_BEFORE_KILL} were reported"
+        );
         eprintln!("cycle {cycle}: {before} stored before, {acked_this_cycle} acked before SIGKILL");
     }
-    let addr = free_port();
-    let _broker = spawn_broker(dir.path(), addr);
-    let last = verify(addr, &token, &acked).await;
+    let broker = start_broker(dir.path()).await;
+    let last = verify(broker.addr, minted.as_deref().unwrap(), &acked).await;
     assert!(last as usize >= acked.len());
+    broker.terminate().await;
 }

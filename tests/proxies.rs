@@ -3,38 +3,42 @@
 //! the real nginx and HAProxy from Debian in front of two real `sockeye serve`
 //! processes. Through each proxy: every handshake token carrier, refusals
 //! (401, 403), a pub/sub round trip, a resume after reconnecting, and sticky
-//! sessions by the `shard` query parameter. With a header-capturing backend
-//! instead of brokers: what the proxy forwards (upgrade headers, Host,
-//! X-Forwarded-For).
+//! sessions by the `shard` query parameter; and a broker that trusts the
+//! proxy applying `max_connections_per_ip` to each forwarded client. With a
+//! header-capturing backend instead of brokers: what the proxy forwards
+//! (upgrade headers, Host, X-Forwarded-For with the client's own entry).
 //!
 //! nginx and HAProxy must be installed (`apt-get install nginx haproxy`);
 //! the tests fail, not skip, without them.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use sockeye_protocol::{ClientMessage, Compression, Payload, Position, ServerMessage, frame};
+use sockeye_protocol::{ClientMessage, Payload, Position, ServerMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::{self, Message};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sockeye");
-/// Bound on every wait for a process or a reply; generous for a busy machine.
-const WAIT: Duration = Duration::from_secs(30);
+use support::{Serve, Socket, WAIT, handshake, mint, recv, send};
+
 /// The brokers' shared HS256 secret, so a token works on either of them.
 const SECRET: &str = "proxies-test-secret-0123456789abcdef-0123456789abcdef";
 const NGINX_TEMPLATE: &str = include_str!("../deploy/nginx/sockeye.conf");
 const HAPROXY_TEMPLATE: &str = include_str!("../deploy/haproxy/haproxy.cfg");
+/// Ports tried for a proxy before giving up on `Address already in use`.
+const PROXY_PORT_ATTEMPTS: usize = 5;
 
-type Socket = tokio_tungstenite::WebSocketStream<TcpStream>;
-
-fn free_port() -> SocketAddr {
+/// A loopback port that was free a moment ago. Only for nginx and HAProxy,
+/// which cannot report a port chosen by the kernel; `start_proxy` retries
+/// with another one if the port was taken meanwhile.
+fn unused_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -61,14 +65,20 @@ impl Process {
         Self { name, child, log }
     }
 
+    /// The exit status and log, if the process has exited.
+    fn exited(&mut self) -> Option<String> {
+        let status = self.child.try_wait().unwrap()?;
+        Some(format!(
+            "{} exited with {status}:\n{}",
+            self.name,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        ))
+    }
+
     /// Panics with the process's log if it has exited.
     fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!(
-                "{} exited with {status}:\n{}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
+        if let Some(exit) = self.exited() {
+            panic!("{exit}");
         }
     }
 }
@@ -78,9 +88,7 @@ impl Drop for Process {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = support::sigterm(self.child.id());
         for _ in 0..50 {
             if self.child.try_wait().ok().flatten().is_some() {
                 return;
@@ -107,7 +115,9 @@ fn installed(program: &str, package: &str) -> PathBuf {
 
 /// Sends one HTTP/1.1 request and returns the status code and body.
 async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
+    let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::other("no TCP connection within the wait"))??;
     stream
         .write_all(
             format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -130,13 +140,16 @@ async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)
     Ok((status, body.to_owned()))
 }
 
-/// Waits until `GET /healthz` at `addr` answers 200, while `process` runs.
-async fn wait_healthy(addr: SocketAddr, process: &mut Process) {
+/// Waits until `GET /healthz` at `addr` answers 200; `Err` with its log if
+/// `process` exits first.
+async fn wait_healthy(addr: SocketAddr, process: &mut Process) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        process.assert_running();
+        if let Some(exit) = process.exited() {
+            return Err(exit);
+        }
         if let Ok((200, _)) = http_get(addr, "/healthz").await {
-            return;
+            return Ok(());
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -154,40 +167,34 @@ struct Brokers {
     b: SocketAddr,
     config: PathBuf,
     dir: tempfile::TempDir,
-    _processes: Vec<Process>,
+    _processes: Vec<Serve>,
 }
 
-async fn start_brokers() -> Brokers {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sockeye.toml");
+/// Writes a broker config with the shared secret and `extra` TOML lines.
+fn broker_config(dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("sockeye.toml");
     std::fs::write(
         &config,
         format!(
-            "[admin]\nenabled = false\n[auth]\nsecret = \"{SECRET}\"\n\
+            "{extra}\n[admin]\nenabled = false\n[auth]\nsecret = \"{SECRET}\"\n\
              [shutdown]\ndrain_timeout = \"1s\"\nreconnect_spread = \"0s\"\n"
         ),
     )
     .unwrap();
-    let (a, b) = (free_port(), free_port());
+    config
+}
+
+async fn start_brokers() -> Brokers {
+    let dir = tempfile::tempdir().unwrap();
+    let config = broker_config(dir.path(), "");
     let mut processes = Vec::new();
-    for (name, addr) in [("a", a), ("b", b)] {
+    for name in ["a", "b"] {
         let data = dir.path().join(name);
-        let mut process = Process::spawn(
-            "sockeye",
-            Command::new(BIN)
-                .args(["serve", "--listen", &addr.to_string(), "--config"])
-                .arg(&config)
-                .arg("--data-dir")
-                .arg(&data)
-                .env("RUST_LOG", "warn"),
-            dir.path().join(format!("broker-{name}.log")),
-        );
-        wait_healthy(addr, &mut process).await;
-        processes.push(process);
+        processes.push(Serve::start(&data, &["--config", config.to_str().unwrap()]).await);
     }
     Brokers {
-        a,
-        b,
+        a: processes[0].addr,
+        b: processes[1].addr,
         config,
         dir,
         _processes: processes,
@@ -195,20 +202,9 @@ async fn start_brokers() -> Brokers {
 }
 
 /// A token from `sockeye token` with the given config (so its secret).
-fn mint(config: &Path, data_dir: &Path, sub: &str) -> String {
-    let output = Command::new(BIN)
-        .args(["token", "--sub", sub, "--ttl", "1h", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+async fn mint_with(config: &Path, data_dir: &Path, sub: &str) -> String {
+    let config = config.to_str().unwrap();
+    mint(data_dir, &["--sub", sub, "--ttl", "1h", "--config", config]).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,21 +214,41 @@ enum Proxy {
 }
 
 /// Renders the proxy's config from `deploy/` with the given ports and starts
-/// it in the foreground, its files in `dir`.
+/// it in the foreground, its files in `dir`; on a free port, retried if the
+/// one picked was taken before the proxy bound it.
 async fn start_proxy(
     kind: Proxy,
     dir: &Path,
     a: SocketAddr,
     b: SocketAddr,
 ) -> (SocketAddr, Process) {
-    let listen = free_port();
+    let mut last_exit = String::new();
+    for _ in 0..PROXY_PORT_ATTEMPTS {
+        let listen = unused_port();
+        let mut process = spawn_proxy(kind, dir, listen, a, b);
+        match wait_healthy(listen, &mut process).await {
+            Ok(()) => return (listen, process),
+            Err(exit) if exit.contains("Address already in use") => last_exit = exit,
+            Err(exit) => panic!("{exit}"),
+        }
+    }
+    panic!("no free port for {kind:?} in {PROXY_PORT_ATTEMPTS} attempts: {last_exit}");
+}
+
+fn spawn_proxy(
+    kind: Proxy,
+    dir: &Path,
+    listen: SocketAddr,
+    a: SocketAddr,
+    b: SocketAddr,
+) -> Process {
     let render = |template: &str| {
         template
             .replace("@LISTEN@", &listen.to_string())
             .replace("@BROKER_A@", &a.to_string())
             .replace("@BROKER_B@", &b.to_string())
     };
-    let mut process = match kind {
+    match kind {
         Proxy::Nginx => {
             let nginx = installed("nginx", "nginx");
             let site = dir.join("sockeye.conf");
@@ -274,9 +290,7 @@ async fn start_proxy(
                 dir.join("haproxy.out"),
             )
         }
-    };
-    wait_healthy(listen, &mut process).await;
-    (listen, process)
+    }
 }
 
 /// Where the handshake carries the token.
@@ -286,13 +300,14 @@ enum Carrier<'a> {
     Subprotocol(&'a str),
 }
 
-/// Opens a WebSocket to `addr` at `/ws?shard=..` and returns it with the
-/// welcome, or the handshake error.
+/// Opens a WebSocket to `addr` at `/ws?shard=..`, with `extra_headers`
+/// (such as `Origin`), and returns it with the welcome, or the handshake
+/// error.
 async fn connect(
     addr: SocketAddr,
     shard: &str,
     carrier: Carrier<'_>,
-    origin: Option<&str>,
+    extra_headers: &[(&'static str, &str)],
 ) -> Result<
     (
         Socket,
@@ -322,14 +337,14 @@ async fn connect(
         }
         Carrier::Query(_) => {}
     }
-    if let Some(origin) = origin {
-        headers.insert("origin", HeaderValue::from_str(origin).unwrap());
+    for (name, value) in extra_headers {
+        headers.append(*name, HeaderValue::from_str(value).unwrap());
     }
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut socket, response) =
-        tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, stream))
-            .await
-            .expect("the handshake finished")?;
+    let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("TCP connect within the wait")
+        .unwrap();
+    let (mut socket, response) = handshake(stream, request, None).await?;
     let welcome = recv(&mut socket).await;
     assert!(
         matches!(welcome, ServerMessage::Welcome(_)),
@@ -349,36 +364,6 @@ fn refusal(result: Result<impl Sized, tungstenite::Error>) -> (u16, String) {
         Err(other) => panic!("expected an HTTP refusal, got {other}"),
         Ok(_) => panic!("expected an HTTP refusal, the handshake succeeded"),
     }
-}
-
-async fn send(socket: &mut Socket, message: ClientMessage) {
-    let frame = Message::Binary(message.encode_frame(&Compression::default()));
-    tokio::time::timeout(WAIT, socket.send(frame))
-        .await
-        .expect("the frame was sent within the wait")
-        .unwrap();
-}
-
-/// The next protocol frame. One deadline covers the whole wait: the broker's
-/// pings arrive every 20 s and must not extend it.
-async fn recv(socket: &mut Socket) -> ServerMessage {
-    let next_binary = async {
-        loop {
-            let next = socket
-                .next()
-                .await
-                .expect("the connection is open")
-                .expect("the connection is healthy");
-            if let Message::Binary(data) = next {
-                return data;
-            }
-        }
-    };
-    let data = tokio::time::timeout(WAIT, next_binary)
-        .await
-        .expect("a frame within the wait");
-    let body = frame::open(&data, 64 << 20).unwrap();
-    ServerMessage::decode(&body).unwrap()
 }
 
 async fn subscribe(
@@ -436,7 +421,7 @@ async fn expect_delivery(socket: &mut Socket, topic: &str, offset: u64, payload:
 
 /// How many messages `topic` holds on the broker at `addr`, asked directly.
 async fn stored_on(addr: SocketAddr, token: &str, topic: &str) -> u64 {
-    let (mut socket, _, _) = connect(addr, "", Carrier::Header(token), None)
+    let (mut socket, _, _) = connect(addr, "", Carrier::Header(token), &[])
         .await
         .unwrap();
     subscribe(&mut socket, 1, topic, None).await.last_offset
@@ -451,7 +436,7 @@ async fn tokens_pass_through(proxy: SocketAddr, token: &str, foreign_token: &str
         Carrier::Subprotocol(token),
     ] {
         let subprotocol = matches!(carrier, Carrier::Subprotocol(_));
-        let (_socket, welcome, response) = connect(proxy, "t", carrier, None).await.unwrap();
+        let (_socket, welcome, response) = connect(proxy, "t", carrier, &[]).await.unwrap();
         let ServerMessage::Welcome(welcome) = welcome else {
             unreachable!()
         };
@@ -464,13 +449,13 @@ async fn tokens_pass_through(proxy: SocketAddr, token: &str, foreign_token: &str
             );
         }
     }
-    let (status, body) = refusal(connect(proxy, "t", Carrier::Header(foreign_token), None).await);
+    let (status, body) = refusal(connect(proxy, "t", Carrier::Header(foreign_token), &[]).await);
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("\"token_bad_signature\""), "{body}");
-    let (status, body) = refusal(connect(proxy, "t", Carrier::Query("not-a-jwt"), None).await);
+    let (status, body) = refusal(connect(proxy, "t", Carrier::Query("not-a-jwt"), &[]).await);
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("\"token_malformed\""), "{body}");
-    let (status, body) = refusal(connect(proxy, "t", Carrier::Query(""), None).await);
+    let (status, body) = refusal(connect(proxy, "t", Carrier::Query(""), &[]).await);
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("\"token_missing\""), "{body}");
 }
@@ -479,15 +464,20 @@ async fn tokens_pass_through(proxy: SocketAddr, token: &str, foreign_token: &str
 /// pass the browser's Host (port included) through.
 async fn origins_are_checked_against_the_public_host(proxy: SocketAddr, token: &str) {
     let same_origin = format!("http://{proxy}");
-    connect(proxy, "t", Carrier::Header(token), Some(&same_origin))
-        .await
-        .expect("a page served from the proxy's own origin may connect");
+    connect(
+        proxy,
+        "t",
+        Carrier::Header(token),
+        &[("origin", &same_origin)],
+    )
+    .await
+    .expect("a page served from the proxy's own origin may connect");
     let (status, body) = refusal(
         connect(
             proxy,
             "t",
             Carrier::Header(token),
-            Some("http://evil.example"),
+            &[("origin", "http://evil.example")],
         )
         .await,
     );
@@ -500,10 +490,10 @@ async fn origins_are_checked_against_the_public_host(proxy: SocketAddr, token: &
 /// holds them.
 async fn round_trip_and_resume(proxy: SocketAddr, brokers: &Brokers, token: &str) {
     let topic = "proxy.resume";
-    let (mut subscriber, _, _) = connect(proxy, "alpha", Carrier::Header(token), None)
+    let (mut subscriber, _, _) = connect(proxy, "alpha", Carrier::Header(token), &[])
         .await
         .unwrap();
-    let (mut publisher, _, _) = connect(proxy, "alpha", Carrier::Query(token), None)
+    let (mut publisher, _, _) = connect(proxy, "alpha", Carrier::Query(token), &[])
         .await
         .unwrap();
     let subscribed = subscribe(&mut subscriber, 1, topic, None).await;
@@ -519,7 +509,7 @@ async fn round_trip_and_resume(proxy: SocketAddr, brokers: &Brokers, token: &str
     for n in 4..=6 {
         assert_eq!(publish(&mut publisher, n, topic, &format!("m{n}")).await, n);
     }
-    let (mut subscriber, _, _) = connect(proxy, "alpha", Carrier::Header(token), None)
+    let (mut subscriber, _, _) = connect(proxy, "alpha", Carrier::Header(token), &[])
         .await
         .unwrap();
     let resumed = subscribe(
@@ -560,7 +550,7 @@ async fn shards_stick_and_spread(proxy: SocketAddr, brokers: &Brokers, token: &s
         let topic = format!("proxy.shard.{shard}");
         for connection in 1..=2 {
             let (mut socket, _, _) =
-                connect(proxy, &format!("s{shard}"), Carrier::Header(token), None)
+                connect(proxy, &format!("s{shard}"), Carrier::Header(token), &[])
                     .await
                     .unwrap();
             assert_eq!(
@@ -586,7 +576,7 @@ async fn shards_stick_and_spread(proxy: SocketAddr, brokers: &Brokers, token: &s
 
 async fn proxy_serves_sockeye(kind: Proxy) {
     let brokers = start_brokers().await;
-    let token = mint(&brokers.config, brokers.dir.path(), "alice");
+    let token = mint_with(&brokers.config, brokers.dir.path(), "alice").await;
     // A token from a broker with another secret.
     let other = tempfile::tempdir().unwrap();
     let other_config = other.path().join("other.toml");
@@ -595,7 +585,7 @@ async fn proxy_serves_sockeye(kind: Proxy) {
         "[auth]\nsecret = \"a-different-secret-0123456789abcdef-0123456789\"\n",
     )
     .unwrap();
-    let foreign_token = mint(&other_config, other.path(), "alice");
+    let foreign_token = mint_with(&other_config, other.path(), "alice").await;
     let proxy_dir = tempfile::tempdir().unwrap();
     let (proxy, mut process) = start_proxy(kind, proxy_dir.path(), brokers.a, brokers.b).await;
     tokens_pass_through(proxy, &token, &foreign_token).await;
@@ -650,33 +640,47 @@ async fn proxy_forwards_upgrade_headers(kind: Proxy) {
     let (backend, mut heads) = capturing_backend().await;
     let dir = tempfile::tempdir().unwrap();
     let (proxy, _process) = start_proxy(kind, dir.path(), backend, backend).await;
-    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(proxy))
+        .await
+        .expect("TCP connect within the wait")
+        .unwrap();
+    // The client claims an address of its own in X-Forwarded-For, as a
+    // client behind another proxy (or a spoofing one) does.
     stream
         .write_all(
             format!(
                 "GET /ws?shard=x HTTP/1.1\r\nHost: {proxy}\r\nUpgrade: websocket\r\n\
                  Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sockeye.v1\r\n\r\n"
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sockeye.v1\r\n\
+                 X-Forwarded-For: 203.0.113.9\r\n\r\n"
             )
             .as_bytes(),
         )
         .await
         .unwrap();
-    let head = loop {
-        let head = tokio::time::timeout(WAIT, heads.recv())
-            .await
-            .expect("the upgrade request reached the backend")
-            .unwrap();
-        // Health checks arrive here too.
-        if head.starts_with("GET /ws?shard=x ") {
-            break head;
+    // Health checks arrive here too; one deadline for the whole wait.
+    let head = tokio::time::timeout(WAIT, async {
+        loop {
+            let head = heads.recv().await.expect("the backend runs");
+            if head.starts_with("GET /ws?shard=x ") {
+                return head;
+            }
         }
-    };
-    let header = |name: &str| {
+    })
+    .await
+    .expect("the upgrade request reached the backend");
+    // Every value of a header, across repeated header lines.
+    let values = |name: &str| -> Vec<String> {
         head.lines()
             .filter_map(|line| line.split_once(':'))
-            .find(|(key, _)| key.trim().eq_ignore_ascii_case(name))
+            .filter(|(key, _)| key.trim().eq_ignore_ascii_case(name))
             .map(|(_, value)| value.trim().to_owned())
+            .collect()
+    };
+    let header = |name: &str| {
+        values(name)
+            .into_iter()
+            .next()
             .unwrap_or_else(|| panic!("{kind:?} did not forward `{name}`:\n{head}"))
     };
     assert!(head.lines().next().unwrap().ends_with("HTTP/1.1"), "{head}");
@@ -697,10 +701,17 @@ async fn proxy_forwards_upgrade_headers(kind: Proxy) {
         proxy.to_string(),
         "the public Host, port included"
     );
+    // The client's own entry is kept and the address the proxy saw is
+    // appended last (nginx in the same line, HAProxy in a line of its own).
+    let forwarded: Vec<String> = values("x-forwarded-for")
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(|entry| entry.trim().to_owned())
+        .collect();
     assert_eq!(
-        header("x-forwarded-for"),
-        "127.0.0.1",
-        "the client's address"
+        forwarded,
+        ["203.0.113.9", "127.0.0.1"],
+        "X-Forwarded-For ends with the real client's address:\n{head}"
     );
 }
 
@@ -712,6 +723,54 @@ async fn nginx_forwards_upgrade_host_and_client_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_forwards_upgrade_host_and_client_address() {
     proxy_forwards_upgrade_headers(Proxy::Haproxy).await;
+}
+
+/// A broker that trusts the proxy counts `max_connections_per_ip` by the
+/// client address the proxy forwards, not by the proxy's own: two clients
+/// whose connections all come from 127.0.0.1 at the TCP level are both
+/// admitted under a limit of one, and a second connection from the same
+/// forwarded client is refused.
+async fn trusted_proxy_limits_each_forwarded_client(kind: Proxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = broker_config(
+        dir.path(),
+        "[server]\nmax_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    );
+    let broker = Serve::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    )
+    .await;
+    let token = mint_with(&config, dir.path(), "alice").await;
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let (proxy, mut process) = start_proxy(kind, proxy_dir.path(), broker.addr, broker.addr).await;
+    let from = |client: &'static str| [("x-forwarded-for", client)];
+    let (mut first, _, _) = connect(proxy, "t", Carrier::Header(&token), &from("198.51.100.1"))
+        .await
+        .expect("the first client is admitted");
+    let (mut second, _, _) = connect(proxy, "t", Carrier::Header(&token), &from("198.51.100.2"))
+        .await
+        .expect("a second client behind the same proxy is admitted");
+    let (status, body) =
+        refusal(connect(proxy, "t", Carrier::Header(&token), &from("198.51.100.1")).await);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("\"too_many_connections_from_ip\""), "{body}");
+    // Both admitted connections work.
+    for (id, socket) in [(1, &mut first), (2, &mut second)] {
+        send(socket, ClientMessage::Ping { id }).await;
+        assert_eq!(recv(socket).await, ServerMessage::Pong { id });
+    }
+    process.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_clients_are_limited_by_their_forwarded_address() {
+    trusted_proxy_limits_each_forwarded_client(Proxy::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_clients_are_limited_by_their_forwarded_address() {
+    trusted_proxy_limits_each_forwarded_client(Proxy::Haproxy).await;
 }
 
 /// Parses a duration written like `120s` or `2m` (the forms the configs use).

@@ -6,27 +6,21 @@
 //! and after all waves its resident memory must return near its baseline.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
+mod support;
+
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use sockeye_protocol::{ClientMessage, Compression, Payload, ServerMessage, frame};
+use sockeye_protocol::{ClientMessage, Payload, ServerMessage};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sockeye");
-/// Bound on every single wait (a reply, a settle); a hang detector, not a
-/// speed requirement.
-const WAIT: Duration = Duration::from_secs(30);
+use support::{Serve, Socket, WAIT, connect, handshake, mint, recv, request, send};
+
 const SECRET: &str = "soak-test-secret-0123456789abcdef-0123456789abcdef";
 /// One warm-up wave (so the allocator and the broker's tables have grown to
 /// their working size before the baseline is taken), then the measured ones.
@@ -51,15 +45,6 @@ const FD_MARGIN: usize = 5;
 /// failed here). The margin is 2.5 times the noise seen.
 const RSS_MARGIN_KIB: u64 = 5 * 1024;
 
-type Socket = tokio_tungstenite::WebSocketStream<TcpStream>;
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -75,7 +60,7 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/<pid>/status")
 }
 
-fn spawn_broker(dir: &std::path::Path, addr: SocketAddr) -> Child {
+async fn start_broker(dir: &std::path::Path) -> Serve {
     let config = dir.join("soak.toml");
     // Per-IP and handshake-rate limits off: every client is 127.0.0.1 and
     // a wave opens connections as fast as it can. Churn topics are
@@ -97,85 +82,22 @@ fn spawn_broker(dir: &std::path::Path, addr: SocketAddr) -> Child {
         ),
     )
     .unwrap();
-    Command::new(BIN)
-        .args(["serve", "--listen", &addr.to_string(), "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn token(dir: &std::path::Path) -> String {
-    let output = Command::new(BIN)
-        .args(["token", "--sub", "soak", "--ttl", "1h", "--config"])
-        .arg(dir.join("soak.toml"))
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    Serve::start(dir, &["--config", config.to_str().unwrap()]).await
 }
 
 /// Opens a WebSocket on `stream` and reads the welcome. Small buffers keep a
 /// thousand client sockets cheap in the test process.
-async fn handshake(stream: TcpStream, addr: SocketAddr, token: &str) -> Socket {
-    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
-    request.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-    );
+async fn churn_handshake(stream: TcpStream, addr: SocketAddr, token: &str) -> Socket {
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (mut socket, _) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::client_async_with_config(request, stream, Some(config)),
-    )
-    .await
-    .expect("handshake within the wait")
-    .expect("the broker accepts the handshake");
+    let (mut socket, _) = handshake(stream, request(addr, token), Some(config))
+        .await
+        .expect("the broker accepts the handshake");
     match recv(&mut socket).await {
         ServerMessage::Welcome(_) => socket,
         other => panic!("expected welcome, got {other:?}"),
     }
-}
-
-async fn connect(addr: SocketAddr, token: &str) -> Socket {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    handshake(stream, addr, token).await
-}
-
-async fn send(socket: &mut Socket, message: ClientMessage) {
-    let frame = Message::Binary(message.encode_frame(&Compression::default()));
-    tokio::time::timeout(WAIT, socket.send(frame))
-        .await
-        .expect("sent within the wait")
-        .expect("the connection is open");
-}
-
-/// The next protocol frame; one deadline for the whole wait, however many
-/// pings arrive meanwhile.
-async fn recv(socket: &mut Socket) -> ServerMessage {
-    let next_binary = async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Binary(data))) => return data,
-                Some(Ok(_)) => {}
-                other => panic!("the connection ended: {other:?}"),
-            }
-        }
-    };
-    let data = tokio::time::timeout(WAIT, next_binary)
-        .await
-        .expect("a frame within the wait");
-    ServerMessage::decode(&frame::open(&data, 64 << 20).unwrap()).unwrap()
 }
 
 /// Reads until the reply to request `id`, skipping deliveries.
@@ -271,7 +193,10 @@ async fn broker_answers(rounds: &AtomicU64, when: &str) {
 /// with an ack) and stay open until the peak; 7 publishes and drops at once;
 /// 8 drops right after the welcome; 9 sends half an HTTP request and drops.
 async fn churn(addr: SocketAddr, token: Arc<str>, n: usize) -> Option<Socket> {
-    let stream = TcpStream::connect(addr).await.unwrap();
+    let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("TCP connect within the wait")
+        .unwrap();
     stream.set_nodelay(true).unwrap();
     if !n.is_multiple_of(2) {
         stream.set_zero_linger().unwrap();
@@ -284,7 +209,7 @@ async fn churn(addr: SocketAddr, token: Arc<str>, n: usize) -> Option<Socket> {
             .unwrap();
         return None;
     }
-    let mut socket = handshake(stream, addr, &token).await;
+    let mut socket = churn_handshake(stream, addr, &token).await;
     if n % 10 == 8 {
         return None;
     }
@@ -369,16 +294,22 @@ async fn settle_fds(pid: u32, baseline: usize) -> usize {
 async fn churning_connections_leave_no_descriptors_or_memory_behind() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_port();
-    let broker = spawn_broker(dir.path(), addr);
-    let pid = broker.id().unwrap();
-    let token: Arc<str> = token(dir.path()).await.into();
-    // Wait for the listener.
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "the broker never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let broker = start_broker(dir.path()).await;
+    let (addr, pid) = (broker.addr, broker.pid());
+    let config = dir.path().join("soak.toml");
+    let token: Arc<str> = mint(
+        dir.path(),
+        &[
+            "--sub",
+            "soak",
+            "--ttl",
+            "1h",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    )
+    .await
+    .into();
     let rounds = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let monitor = tokio::spawn(monitor(
@@ -444,8 +375,9 @@ async fn churning_connections_leave_no_descriptors_or_memory_behind() {
     );
 
     stop.store(true, Ordering::Release);
-    monitor
+    tokio::time::timeout(WAIT, monitor)
         .await
+        .expect("the long-lived client stops within the wait")
         .expect("the long-lived client never saw a failure");
-    drop(broker);
+    broker.terminate().await;
 }

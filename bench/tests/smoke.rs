@@ -10,10 +10,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -33,6 +35,55 @@ struct Process {
 impl Process {
     fn pid(&self) -> String {
         self.child.id().to_string()
+    }
+
+    /// Waits until the process logs `listen=ADDR` on a line containing
+    /// `what` and returns ADDR, so it can bind port 0 instead of a port
+    /// picked here that something else could take first. The rest of its
+    /// log is copied to the test's stderr.
+    fn logged_address(&mut self, what: &'static str) -> SocketAddr {
+        let stderr: ChildStderr = self.child.stderr.take().expect("stderr is piped");
+        let (lines, received) = mpsc::channel();
+        let name = self.name;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if let Err(mpsc::SendError(line)) = lines.send(line) {
+                    eprintln!("{name}: {line}");
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut log = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match received.recv_timeout(left) {
+                Ok(line) => {
+                    let address = line
+                        .contains(what)
+                        .then(|| {
+                            line.split_whitespace()
+                                .find_map(|word| word.strip_prefix("listen="))
+                                .map(|addr| addr.parse().unwrap())
+                        })
+                        .flatten();
+                    log.push(line);
+                    if let Some(address) = address {
+                        return address;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().unwrap();
+                    panic!("{} exited before listening ({status}): {log:#?}", self.name);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "{} did not listen within {START_TIMEOUT:?}: {log:#?}",
+                        self.name
+                    );
+                }
+            }
+        }
     }
 
     /// Waits until the process accepts TCP connections on `port`.
@@ -80,6 +131,8 @@ fn bench_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sockeye-bench.toml")
 }
 
+/// A loopback port that was free a moment ago; only for nats-server, which
+/// does not report a port chosen by the kernel.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -99,16 +152,15 @@ struct Target {
 
 fn start_sockeye() -> Target {
     let dir = tempfile::tempdir().unwrap();
-    let token = Command::new(sockeye_exe())
+    let mut token = Command::new(sockeye_exe());
+    token
         .args(["token", "--sub", "bench", "--ttl", "1h", "--config"])
         .arg(bench_config())
         .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+        .arg(dir.path());
+    let token = run_bounded(&mut token, "sockeye token", START_TIMEOUT);
     assert!(token.status.success(), "sockeye token: {token:?}");
     let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
-    let port = free_port();
     let mut serve = Command::new(sockeye_exe());
     // The broker reads every SOCKEYE_* variable as configuration and rejects
     // unknown keys: the test's environment must not leak into it.
@@ -123,20 +175,22 @@ fn start_sockeye() -> Target {
         .arg(bench_config())
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn,sockeye=info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut process = Process {
         child,
         name: "sockeye",
     };
-    process.wait_listening(port);
+    let addr = process.logged_address("serving WebSocket clients");
     Target {
         name: "sockeye",
-        url: format!("ws://127.0.0.1:{port}/ws"),
+        url: format!("ws://{addr}/ws"),
         token: Some(token),
         process,
         _dir: dir,
@@ -144,22 +198,29 @@ fn start_sockeye() -> Target {
 }
 
 fn start_baseline() -> Target {
-    let port = free_port();
     let child = Command::new(bench_exe())
-        .args(["baseline", "--max-lifetime", "5m", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
+        .args([
+            "baseline",
+            "--max-lifetime",
+            "5m",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn,sockeye_bench=info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut process = Process {
         child,
         name: "baseline",
     };
-    process.wait_listening(port);
+    let addr = process.logged_address("baseline broadcaster listening");
     Target {
         name: "baseline",
-        url: format!("ws://127.0.0.1:{port}/ws"),
+        url: format!("ws://{addr}/ws"),
         token: None,
         process,
         _dir: tempfile::tempdir().unwrap(),
@@ -203,32 +264,63 @@ fn start_nats() -> Target {
     }
 }
 
+/// Runs `command` to its end and returns its output; kills it and fails
+/// if it runs over `limit`. Its output is read while it runs, so a chatty
+/// process never blocks on a full pipe.
+fn run_bounded(command: &mut Command, what: &str, limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = stderr.join().unwrap();
+            panic!(
+                "{what} ran over {limit:?}: {}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 /// Runs `sockeye-bench` with a time limit and returns its output.
 fn run_bench(args: &[String], token: Option<&str>) -> Output {
     let mut command = Command::new(bench_exe());
     command
         .args(args)
         .env("RUST_LOG", "warn")
-        .env_remove("BENCH_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("BENCH_TOKEN");
     if let Some(token) = token {
         command.env("BENCH_TOKEN", token);
     }
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "sockeye-bench {args:?} ran over {RUN_TIMEOUT:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    run_bounded(
+        &mut command,
+        &format!("sockeye-bench {args:?}"),
+        RUN_TIMEOUT,
+    )
 }
 
 /// Runs one scenario against `target` and returns its JSON report, after

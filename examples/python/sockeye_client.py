@@ -7,7 +7,9 @@ It connects (token in the Authorization header, subprotocol sockeye.v1),
 subscribes to the topic resuming after the position saved in --state (or
 from the oldest retained message the first time), publishes --publish notes
 of its own, prints every note it receives until it has seen its own, saves
-the last position it processed, and closes normally (1000).
+the last position it processed, and closes normally (1000). Every wait for
+the broker (connecting, each message, the close) is bounded by --timeout
+seconds (default 30); past it the client exits with status 1.
 
 Output, one line each:
   welcome subject=SUB version=1
@@ -75,8 +77,9 @@ class Connection:
         await self.send({**body, "id": request_id})
         return request_id
 
-    async def receive(self):
-        return self.decode(await self.ws.recv())
+    async def receive(self, timeout):
+        """The next message; TimeoutError if none arrives within `timeout` s."""
+        return self.decode(await asyncio.wait_for(self.ws.recv(), timeout))
 
 
 def load_position(path):
@@ -104,9 +107,11 @@ async def run(args):
         subprotocols=["sockeye.v1"],
         additional_headers=headers,
         max_size=16 * 1024 * 1024,
+        open_timeout=args.timeout,
+        close_timeout=args.timeout,
     ) as ws:
         conn = Connection(ws)
-        welcome = await conn.receive()
+        welcome = await conn.receive(args.timeout)
         if welcome.get("type") != "welcome":
             raise RuntimeError(f"expected welcome, got {welcome!r}")
         conn.threshold = welcome["limits"]["compression_threshold_bytes"]
@@ -123,7 +128,7 @@ async def run(args):
         published = 0
         pinged = False
         while True:
-            message = await conn.receive()
+            message = await conn.receive(args.timeout)
             kind = message.get("type")
             if kind == "subscribed":
                 waiting.pop(message["id"], None)
@@ -202,12 +207,24 @@ def main():
     parser.add_argument("--text", default="hello from python")
     parser.add_argument("--big", action="store_true", help="make the last note large (compressed)")
     parser.add_argument("--state", help="file keeping the last processed position, for resume")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the broker at each step (connect, each message, close)",
+    )
     args = parser.parse_args()
     if not args.token:
         parser.error("--token or SOCKEYE_TOKEN is required")
     if args.publish < 1:
         parser.error("--publish must be at least 1")
-    sys.exit(asyncio.run(run(args)))
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    try:
+        sys.exit(asyncio.run(run(args)))
+    except (TimeoutError, asyncio.TimeoutError):
+        print(f"error: no answer from the broker within {args.timeout} s", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 mod support;
 
 use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
 
 use sockeye_broker::Claims;
 use sockeye_broker::auth::unix_now;
@@ -35,13 +37,18 @@ async fn the_curl_walkthrough_runs_against_a_live_admin_api() {
         })
         .unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../admin-curl.sh");
+    // Each curl in the script gives up after 30 s; this bounds the whole run.
     let output = tokio::process::Command::new("bash")
         .arg(script)
         .arg("demo.curl")
         .env("ADMIN", format!("http://{admin_addr}"))
         .env("TOKEN", token)
-        .output()
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output)
         .await
+        .expect("the script finishes in time")
         .expect("bash runs");
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(
@@ -72,5 +79,8 @@ async fn the_curl_walkthrough_runs_against_a_live_admin_api() {
         "history is empty after the delete: {after}"
     );
     let _ = stop.send(());
-    admin.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), admin)
+        .await
+        .expect("the admin API stops in time")
+        .unwrap();
 }

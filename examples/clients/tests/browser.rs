@@ -7,6 +7,8 @@
 mod support;
 
 use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
 
 #[tokio::test]
 async fn two_browser_pages_chat_through_the_broker() {
@@ -30,8 +32,13 @@ async fn two_browser_pages_chat_through_the_broker() {
         .env("SITE_PORT", site_port.to_string())
         .env("TOKEN_ALICE", broker.token("alice"))
         .env("TOKEN_BOB", broker.token("bob"))
-        .output()
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    // Playwright bounds each of its waits (30 s); this bounds the whole run.
+    let output = tokio::time::timeout(Duration::from_secs(180), output)
         .await
+        .expect("the browser test finishes in time")
         .expect("node runs");
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(

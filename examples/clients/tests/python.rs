@@ -7,6 +7,8 @@
 mod support;
 
 use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,9 @@ struct Note {
     text: String,
 }
 
+/// Bound on every wait for the client; a hang detector, not a speed limit.
+const WAIT: Duration = Duration::from_secs(60);
+
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../python/sockeye_client.py")
 }
@@ -27,15 +32,21 @@ async fn run_python(
     state: &std::path::Path,
     args: &[&str],
 ) -> Vec<String> {
+    // The client bounds its own run by --timeout too; this catches a
+    // client that hangs regardless.
     let output = tokio::process::Command::new("python3")
         .arg(script())
-        .args(["--topic", "notes.py", "--state"])
+        .args(["--topic", "notes.py", "--timeout", "30", "--state"])
         .arg(state)
         .args(args)
         .env("SOCKEYE_URL", broker.url())
         .env("SOCKEYE_TOKEN", broker.token("py"))
-        .output()
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(WAIT, output)
         .await
+        .expect("the Python client finishes within the wait")
         .expect("python3 runs");
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(
@@ -130,7 +141,10 @@ async fn the_python_client_subscribes_publishes_and_resumes() {
         .subscribe_with::<Note>("notes.py", options)
         .await
         .unwrap();
-    match last.next().await.unwrap().unwrap() {
+    let next = tokio::time::timeout(WAIT, last.next())
+        .await
+        .expect("the large note arrives within the wait");
+    match next.unwrap().unwrap() {
         Event::Message(message) => {
             assert_eq!(message.offset, 6);
             assert_eq!(message.value.text, "hello from python".repeat(200));

@@ -6,9 +6,24 @@
 #[path = "../../../sdk-rust/tests/it/support.rs"]
 mod support;
 
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use serde::Deserialize;
 use sockeye_sdk::{Client, Event, Position, SubscribeOptions};
+
+/// Bound on every wait for the example; a hang detector, not a speed limit.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the example to its end, killing it if it outlives the wait.
+async fn run_publisher(command: &mut tokio::process::Command) -> Output {
+    let output = command.stdin(Stdio::null()).kill_on_drop(true).output();
+    tokio::time::timeout(WAIT, output)
+        .await
+        .expect("the publisher finishes within the wait")
+        .unwrap()
+}
 
 #[derive(Debug, Deserialize, PartialEq)]
 struct Note {
@@ -19,13 +34,13 @@ struct Note {
 #[tokio::test]
 async fn the_publisher_prints_each_stored_offset_and_the_notes_arrive() {
     let broker = support::TestBroker::start().await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_example-publisher"))
-        .args(["--topic", "notes.pub", "--count", "3", "hi there"])
-        .env("SOCKEYE_URL", broker.url())
-        .env("SOCKEYE_TOKEN", broker.token("pub-example"))
-        .output()
-        .await
-        .unwrap();
+    let output = run_publisher(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_example-publisher"))
+            .args(["--topic", "notes.pub", "--count", "3", "hi there"])
+            .env("SOCKEYE_URL", broker.url())
+            .env("SOCKEYE_TOKEN", broker.token("pub-example")),
+    )
+    .await;
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(
         output.status.success(),
@@ -55,7 +70,10 @@ async fn the_publisher_prints_each_stored_offset_and_the_notes_arrive() {
         .await
         .unwrap();
     for seq in 1..=3 {
-        match notes.next().await.unwrap().unwrap() {
+        let next = tokio::time::timeout(WAIT, notes.next())
+            .await
+            .expect("the stored note arrives within the wait");
+        match next.unwrap().unwrap() {
             Event::Message(message) => {
                 assert_eq!(message.publisher, "pub-example");
                 assert_eq!(
@@ -74,11 +92,15 @@ async fn the_publisher_prints_each_stored_offset_and_the_notes_arrive() {
 #[tokio::test]
 async fn the_publisher_fails_clearly_with_a_bad_token() {
     let broker = support::TestBroker::start().await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_example-publisher"))
-        .args(["--url", &broker.url(), "--token", "nope"])
-        .output()
-        .await
-        .unwrap();
+    let output = run_publisher(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_example-publisher")).args([
+            "--url",
+            &broker.url(),
+            "--token",
+            "nope",
+        ]),
+    )
+    .await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("401"), "{stderr}");
