@@ -290,6 +290,28 @@ pub struct StoreConfig {
     /// always read): with `replay_batch`, it bounds the memory each
     /// catching-up subscriber holds.
     pub replay_batch_bytes: ByteSize,
+    /// Most stored topics; a publish (or subscribe) that would store a new
+    /// topic beyond it gets the error `too_many_topics`.
+    pub max_topics: usize,
+    /// Most message bytes written but not yet flushed (a slow or stalled
+    /// disk); beyond it publishes to stored topics get `storage_failed`
+    /// until the disk catches up.
+    pub max_unflushed_bytes: ByteSize,
+    /// What to do when the store is found to have lost acknowledged
+    /// messages at start (see docs/operations.md).
+    pub on_damage: DamagePolicy,
+}
+
+/// What the broker does with stored topics that lost acknowledged messages
+/// (a damaged or truncated store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DamagePolicy {
+    /// Refuse to start, naming the damaged topics.
+    Refuse,
+    /// Start, giving each damaged topic a new epoch (its resuming clients
+    /// get `reset`) and counting it in `sockeye_store_damaged_topics_total`.
+    NewEpoch,
 }
 
 /// Retention for topics matching `pattern`.
@@ -414,6 +436,9 @@ impl Default for StoreConfig {
             trim_interval: Duration::from_secs(1),
             replay_batch: 256,
             replay_batch_bytes: ByteSize::mib(1),
+            max_topics: 100_000,
+            max_unflushed_bytes: ByteSize::mib(64),
+            on_damage: DamagePolicy::Refuse,
         }
     }
 }
@@ -541,6 +566,15 @@ impl Config {
         }
         if self.websocket.read_buffer.as_u64() < 256 {
             return Err(invalid("websocket.read_buffer", "must be at least 256 B"));
+        }
+        if self.store.max_topics == 0 {
+            return Err(invalid("store.max_topics", "must be at least 1"));
+        }
+        if self.store.max_unflushed_bytes.as_u64() < self.limits.max_frame_size.as_u64() {
+            return Err(invalid(
+                "store.max_unflushed_bytes",
+                "must be at least limits.max_frame_size",
+            ));
         }
         if self.store.replay_batch == 0 {
             return Err(invalid("store.replay_batch", "must be at least 1"));

@@ -31,7 +31,8 @@ use crate::Broker;
 use crate::auth::Identity;
 use crate::peer::Peer;
 use crate::stats::Stats;
-use crate::topics::{SubscribeError, Subscriber};
+use crate::store::{AckState, DurableMark};
+use crate::topics::{SubscribeError, Subscriber, WriteError};
 
 /// Frames written per drain of the outbound queue before one flush.
 const DRAIN_BATCH: usize = 256;
@@ -68,6 +69,17 @@ impl Refusal {
     }
 }
 
+/// A `published` reply that waits for its write's flush.
+#[derive(Debug)]
+struct PendingAck {
+    /// The store's write sequence of the message.
+    write: u64,
+    /// The publish request's id, for the error reply if the flush fails.
+    id: RequestId,
+    /// The `published` reply.
+    reply: Bytes,
+}
+
 /// What woke the session loop.
 enum Event {
     /// A frame from the outbound queue.
@@ -101,9 +113,9 @@ pub(crate) struct Session {
     identity: Identity,
     held: HashMap<TopicFilter, Held>,
     /// Publish replies waiting for their write to become durable, in write
-    /// order: `(write sequence, reply frame)`.
-    pending_acks: VecDeque<(u64, Bytes)>,
-    durable: watch::Receiver<u64>,
+    /// order.
+    pending_acks: VecDeque<PendingAck>,
+    durable: watch::Receiver<DurableMark>,
     rate: Option<DefaultDirectRateLimiter>,
     /// Payload bytes per second.
     byte_rate: Option<DefaultDirectRateLimiter>,
@@ -402,14 +414,25 @@ impl Session {
     }
 
     async fn write_durable_acks(&mut self) -> Result<Option<Ending>, axum::Error> {
-        let durable = *self.durable.borrow_and_update();
-        while self
-            .pending_acks
-            .front()
-            .is_some_and(|(write, _)| *write <= durable)
-        {
-            if let Some((_, frame)) = self.pending_acks.pop_front() {
-                self.feed(frame).await?;
+        let mark = self.durable.borrow_and_update().clone();
+        while let Some(pending) = self.pending_acks.front() {
+            match mark.ack_state(pending.write) {
+                AckState::Waiting => break,
+                AckState::Acked => {
+                    if let Some(pending) = self.pending_acks.pop_front() {
+                        self.feed(pending.reply).await?;
+                    }
+                }
+                AckState::Failed => {
+                    if let Some(pending) = self.pending_acks.pop_front() {
+                        self.error(
+                            Some(pending.id),
+                            ErrorCode::StorageFailed,
+                            "the history store failed to make this message durable; it is not stored",
+                        )
+                        .await?;
+                    }
+                }
             }
         }
         self.socket.flush().await.map(|()| None)
@@ -592,10 +615,7 @@ impl Session {
                             ErrorCode::PositionUnsupported,
                             format!("`{topic}` is not stored, so it has no positions"),
                         ),
-                        SubscribeError::Storage(err) => {
-                            tracing::warn!(cause = %err, "subscribe failed in the store");
-                            Refusal::new(ErrorCode::StorageFailed, "history store failed")
-                        }
+                        SubscribeError::Write(err) => write_refusal(&err),
                     })?;
                 (Some(topic), reply)
             }
@@ -708,10 +728,7 @@ impl Session {
             .broker
             .topics()
             .publish(&topic, payload, &self.identity.subject)
-            .map_err(|err| {
-                tracing::warn!(cause = %err, "publish failed in the store");
-                Refusal::new(ErrorCode::StorageFailed, "history store failed")
-            })?;
+            .map_err(|err| write_refusal(&err))?;
         self.peer.counters.published.fetch_add(1, Ordering::Relaxed);
         if !ack {
             return Ok(None);
@@ -723,8 +740,8 @@ impl Session {
         });
         let store = self.broker.store();
         match published.write {
-            Some(write) if write > store.acknowledged_through() => {
-                self.pending_acks.push_back((write, reply));
+            Some(write) if store.ack_state(write) != AckState::Acked => {
+                self.pending_acks.push_back(PendingAck { write, id, reply });
                 store.request_flush();
                 Ok(None)
             }
@@ -773,6 +790,23 @@ impl Session {
             self.drop_subscription(&filter, &held);
         }
         self.broker.unregister(self.peer.id);
+    }
+}
+
+/// The error reply for a publish (or subscribe) the topic layer refused.
+/// Store failures are logged by the flusher, once; here at `debug` only, so
+/// a failing disk cannot flood the log with one line per request.
+fn write_refusal(err: &WriteError) -> Refusal {
+    match err {
+        WriteError::TooManyTopics { .. } => Refusal::new(ErrorCode::TooManyTopics, err.to_string()),
+        WriteError::StoreBehind { .. } => Refusal::new(ErrorCode::StorageFailed, err.to_string()),
+        WriteError::Store(cause) => {
+            tracing::debug!(cause = %cause, "write refused by the store");
+            Refusal::new(
+                ErrorCode::StorageFailed,
+                "history store failed; retry later",
+            )
+        }
     }
 }
 

@@ -58,8 +58,8 @@ pub use crate::config::Config;
 pub use crate::peer::{ConnId, Peer};
 pub use crate::server::{HttpOptions, serve_http};
 pub use crate::stats::Stats;
-pub use crate::store::{Store, StoreError};
-pub use crate::topics::{TopicInfo, Topics};
+pub use crate::store::{Damage, DamageKind, Store, StoreError};
+pub use crate::topics::{TopicInfo, Topics, WriteError};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -86,9 +86,15 @@ pub enum PublishError {
     /// The topic name is invalid.
     #[error(transparent)]
     Topic(#[from] sockeye_protocol::TopicError),
-    /// The store failed.
+    /// The store failed, or is failing and refuses writes.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The topic would be stored, and `store.max_topics` are stored already.
+    #[error("the broker stores at most {max} topics (store.max_topics)")]
+    TooManyTopics {
+        /// The configured cap.
+        max: usize,
+    },
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -182,8 +188,8 @@ impl Broker {
                     .map(|quota| governor::RateLimiter::direct(quota.allow_burst(burst)))
             })
             .flatten();
-        tasks.spawn(Arc::clone(&store).run_flusher(shutdown.clone()));
-        tasks.spawn(run_trimmer(
+        tasks.spawn(topics::run_flusher(Arc::clone(&topics), shutdown.clone()));
+        tasks.spawn(topics::run_trimmer(
             Arc::clone(&topics),
             config.store.trim_interval,
             shutdown.clone(),
@@ -396,20 +402,35 @@ impl Broker {
         publisher: &str,
     ) -> Result<(u64, u64), PublishError> {
         let topic = TopicName::parse(topic, self.inner.config.limits.max_topic_length)?;
-        let published = self.inner.topics.publish(&topic, payload, publisher)?;
+        let published = self
+            .inner
+            .topics
+            .publish(&topic, payload, publisher)
+            .map_err(|err| match err {
+                WriteError::Store(err) => PublishError::Store(err),
+                WriteError::TooManyTopics { max } => PublishError::TooManyTopics { max },
+                WriteError::StoreBehind { .. } => PublishError::Store(StoreError::Failing),
+            })?;
         if let Some(write) = published.write {
             let store = &self.inner.store;
-            if write > store.acknowledged_through() {
-                let mut durable = store.durable();
-                store.request_flush();
-                // After shutdown the flusher is gone and the watermark never
+            let mut durable = store.durable();
+            store.request_flush();
+            loop {
+                match store.ack_state(write) {
+                    store::AckState::Acked => break,
+                    store::AckState::Failed => {
+                        return Err(PublishError::Store(StoreError::Failing));
+                    }
+                    store::AckState::Waiting => {}
+                }
+                // After shutdown the flusher is gone and the mark never
                 // moves again: give up instead of waiting for ever.
                 tokio::select! {
-                    reached = durable.wait_for(|through| *through >= write) => {
-                        reached.map_err(|_| PublishError::ShuttingDown)?;
+                    changed = durable.changed() => {
+                        changed.map_err(|_| PublishError::ShuttingDown)?;
                     }
                     () = self.inner.shutdown.cancelled() => {
-                        if *store.durable().borrow() < write {
+                        if store.ack_state(write) != store::AckState::Acked {
                             return Err(PublishError::ShuttingDown);
                         }
                     }
@@ -457,24 +478,6 @@ async fn watch_tls(tls: Arc<tls::TlsReloader>, every: Duration, shutdown: Cancel
             Err(err) => {
                 tracing::warn!(cause = %err, "TLS files changed but do not load; keeping the current certificate");
             }
-        }
-    }
-}
-
-async fn run_trimmer(topics: Arc<Topics>, every: Duration, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let topics = Arc::clone(&topics);
-        if tokio::task::spawn_blocking(move || topics.trim_all())
-            .await
-            .is_err()
-        {
-            tracing::error!("a trim pass panicked");
         }
     }
 }

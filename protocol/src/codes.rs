@@ -47,11 +47,15 @@ pub enum ErrorCode {
     ShuttingDown,
     /// An unexpected server-side failure; the request may be retried.
     Internal,
+    /// The publish (or subscribe) would store a new topic, and the broker
+    /// stores its maximum number of topics (`store.max_topics`). Use an
+    /// existing topic, or retry after topics were deleted.
+    TooManyTopics,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnknownType,
         ErrorCode::BadRequest,
@@ -68,6 +72,7 @@ impl ErrorCode {
         ErrorCode::StorageFailed,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
+        ErrorCode::TooManyTopics,
     ];
 
     /// The stable string sent on the wire.
@@ -89,6 +94,7 @@ impl ErrorCode {
             ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
+            ErrorCode::TooManyTopics => "too_many_topics",
         }
     }
 

@@ -1,20 +1,35 @@
 //! Topics: the registry, each topic's stored stream and live subscribers,
-//! and fan-out.
+//! fan-out, and when stored messages become visible.
 //!
 //! # Locks
 //!
 //! Three kinds, always taken in this order and never across an `.await`:
 //! the registry map (`Topics::registry`), then one topic's state
-//! (`Topic::state`), then the wildcard index (`Topics::wildcards`).
+//! (`Topic::state`), then the wildcard index (`Topics::wildcards`). The
+//! work lists (`dirty`, `unreleased`, `trim_queue`, `age_schedule`) are
+//! leaves: taken last, held for a push or a swap.
 //!
-//! A publish to a topic assigns its offset, appends it to the store and
-//! queues it to every subscriber while holding that topic's state lock. That
-//! makes "stored" and "delivered live" one atomic step per message, which is
-//! what the replay seam relies on (see `replay.rs`), and keeps every
-//! subscriber's deliveries in offset order even with concurrent publishers.
+//! # Visibility
+//!
+//! A publish to a stored topic assigns its offset and appends it to the
+//! store under the topic's lock. In `fsync` mode it is not delivered yet: it
+//! waits in the topic's `pending` queue until a flush has made it durable,
+//! and the flusher then *releases* it (delivers it live, in offset order,
+//! under the same lock) before any acknowledgement of that flush goes out.
+//! So a live subscriber never sees a message that a crash can take back,
+//! and an acknowledged offset is always readable. In `interval` mode the
+//! message is released at once, and reservations (see `store`) keep a crash
+//! from handing its offset to another message. `StreamState::visible` is the
+//! first offset not yet released; readers (replays, the admin API, subscribe
+//! planning) never look at or past it. That keeps the replay seam sound
+//! (see `replay.rs`): "everything below `visible` is readable; everything
+//! from `visible` on is delivered to whoever is live when it is released".
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+mod flusher;
+mod trimmer;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
@@ -27,12 +42,16 @@ use sockeye_protocol::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, RetentionRule, SlowConsumerPolicy};
+use crate::config::{Config, DamagePolicy, Durability, RetentionRule, SlowConsumerPolicy};
 use crate::peer::{ConnId, Offer, Peer};
 use crate::replay::{self, ReplayStart};
 use crate::stats::Stats;
-use crate::store::{Store, StoreError, StreamState, TrimLimits, now_ms};
+use crate::store::heads::HeadRecord;
+use crate::store::{Damage, RESERVATION, Store, StoreError, StreamState, now_ms};
 use crate::wildcard::WildcardIndex;
+
+pub(crate) use flusher::run_flusher;
+pub(crate) use trimmer::run_trimmer;
 
 /// One subscription of one peer to one exact topic.
 #[derive(Debug, Clone)]
@@ -50,7 +69,9 @@ pub(crate) struct Subscriber {
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) name: TopicName,
-    retention: Option<RetentionRule>,
+    /// Shared by every topic the rule matches, so an idle topic costs a
+    /// pointer, not a copy of its rule.
+    retention: Option<Arc<RetentionRule>>,
     state: Mutex<TopicState>,
 }
 
@@ -68,6 +89,25 @@ pub(crate) struct TopicState {
     published: u64,
     last_publish_ms: u64,
     rate: RateWindow,
+    /// Stored but not yet released (fsync mode), in offset order.
+    pending: VecDeque<PendingMessage>,
+    /// Offsets handed out and then lost (interval mode), oldest first.
+    holes: Vec<OffsetRange>,
+    /// Set while the topic is in `Topics::dirty`.
+    dirty: bool,
+    /// Set while the topic is in `Topics::trim_queue`.
+    trim_queued: bool,
+    /// The topic's entry in `Topics::age_schedule`, if any.
+    age_key: Option<(u64, u64)>,
+}
+
+/// A stored message waiting for the flush that makes it durable.
+#[derive(Debug)]
+struct PendingMessage {
+    write: u64,
+    offset: u64,
+    frame: Bytes,
+    accepted: Instant,
 }
 
 /// Publishes per second, over the last complete second.
@@ -123,13 +163,40 @@ pub(crate) struct Published {
     pub(crate) write: Option<u64>,
 }
 
+/// Why a publish (or the subscribe that creates a stored topic) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The store failed, or is failing and refuses writes.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The topic would be stored, and `store.max_topics` are stored already.
+    #[error("the broker stores at most {max} topics (store.max_topics); this one is new")]
+    TooManyTopics {
+        /// The configured cap.
+        max: usize,
+    },
+    /// More than `store.max_unflushed_bytes` wait for the disk.
+    #[error("{bytes} bytes wait for the disk (store.max_unflushed_bytes); retry later")]
+    StoreBehind {
+        /// Bytes waiting.
+        bytes: u64,
+    },
+}
+
 /// What a subscribe request asked for that cannot be given.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SubscribeError {
     #[error("a position needs an exact topic whose history is stored")]
     PositionUnsupported,
     #[error(transparent)]
-    Storage(#[from] StoreError),
+    Write(#[from] WriteError),
+}
+
+impl From<StoreError> for SubscribeError {
+    fn from(err: StoreError) -> Self {
+        Self::Write(WriteError::Store(err))
+    }
 }
 
 /// A snapshot of one topic, for the admin API.
@@ -147,7 +214,7 @@ pub struct TopicInfo {
     pub epoch: u64,
     /// Oldest retained offset (0 when none).
     pub first_offset: u64,
-    /// Newest offset (0 when none).
+    /// Newest readable offset (0 when none).
     pub last_offset: u64,
     /// Messages retained.
     pub stored_messages: u64,
@@ -167,13 +234,32 @@ pub struct Topics {
     registry: RwLock<HashMap<TopicName, Arc<Topic>>>,
     wildcards: RwLock<WildcardIndex>,
     pub(crate) store: Arc<Store>,
-    rules: Vec<(TopicFilter, RetentionRule)>,
+    rules: Vec<(TopicFilter, Arc<RetentionRule>)>,
     pub(crate) compression: Compression,
     policy: SlowConsumerPolicy,
+    durability: Durability,
     pub(crate) replay_batch: usize,
     pub(crate) replay_batch_bytes: usize,
+    max_topics: usize,
+    max_unflushed_bytes: u64,
+    /// Stored topics in the registry, for `store.max_topics`.
+    stored_topics: AtomicUsize,
     pub(crate) stats: Arc<Stats>,
     pub(crate) tasks: TaskTracker,
+    /// Stored topics written since the last flush: their heads go to the
+    /// journal with the next one.
+    dirty: Mutex<Vec<Arc<Topic>>>,
+    /// Stored topics with pending messages (fsync mode).
+    unreleased: Mutex<Vec<Arc<Topic>>>,
+    /// Epochs retired (reset) since the last flush, for the journal.
+    retired: Mutex<Vec<u64>>,
+    /// Stored topics over a count or size limit since their last trim.
+    trim_queue: Mutex<Vec<Arc<Topic>>>,
+    /// When a topic's oldest message passes its rule's `max_age`, by
+    /// `(due unix ms, sequence)`: trimming by age visits only topics that
+    /// are due, so idle topics cost nothing.
+    age_schedule: Mutex<BTreeMap<(u64, u64), Arc<Topic>>>,
+    age_sequence: AtomicU64,
 }
 
 impl Topics {
@@ -189,7 +275,7 @@ impl Topics {
             .filter_map(|rule| {
                 TopicFilter::parse(&rule.pattern, usize::MAX)
                     .ok()
-                    .map(|pattern| (pattern, rule.clone()))
+                    .map(|pattern| (pattern, Arc::new(rule.clone())))
             })
             .collect();
         let topics = Self {
@@ -199,42 +285,116 @@ impl Topics {
             rules,
             compression: config.compression(),
             policy: config.limits.slow_consumer,
+            durability: config.store.durability,
             replay_batch: config.store.replay_batch,
             replay_batch_bytes: usize::try_from(config.store.replay_batch_bytes.as_u64())
                 .unwrap_or(usize::MAX),
+            max_topics: config.store.max_topics,
+            max_unflushed_bytes: config.store.max_unflushed_bytes.as_u64(),
+            stored_topics: AtomicUsize::new(0),
             stats,
             tasks,
+            dirty: Mutex::new(Vec::new()),
+            unreleased: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
+            trim_queue: Mutex::new(Vec::new()),
+            age_schedule: Mutex::new(BTreeMap::new()),
+            age_sequence: AtomicU64::new(0),
         };
-        topics.load()?;
+        topics.load(config.store.on_damage)?;
         Ok(topics)
     }
 
-    /// Loads every stored topic. A topic whose retention rule no longer
+    /// Loads every stored topic, applies the damage policy, reserves
+    /// offsets (interval mode), makes what was found durable, and starts a
+    /// fresh heads journal from it. A topic whose retention rule no longer
     /// stores it keeps its history until an operator deletes it, but is
     /// served as ephemeral.
-    fn load(&self) -> Result<(), StoreError> {
+    fn load(&self, on_damage: DamagePolicy) -> Result<(), StoreError> {
+        let report = self.store.load()?;
+        let damaged: HashMap<&str, &Damage> = report
+            .damaged
+            .iter()
+            .map(|damage| (damage.topic.as_str(), damage))
+            .collect();
+        if !report.damaged.is_empty() {
+            for damage in &report.damaged {
+                tracing::error!(topic = %damage.topic, epoch = damage.epoch, damage = %damage, "stored topic lost acknowledged messages");
+            }
+            if on_damage == DamagePolicy::Refuse {
+                return Err(StoreError::Damaged(report.damaged.clone()));
+            }
+        }
         let mut registry = self.registry_write();
-        for (name, stream) in self.store.load_topics()? {
-            let Ok(topic) = TopicName::parse(&name, usize::MAX) else {
-                tracing::warn!(topic = %name, "ignoring a stored topic with an invalid name");
+        for loaded in &report.topics {
+            let Ok(topic) = TopicName::parse(&loaded.name, usize::MAX) else {
+                tracing::warn!(topic = %loaded.name, "ignoring a stored topic with an invalid name");
                 continue;
             };
             let Some(retention) = self.retention_for(&topic) else {
                 continue;
             };
-            let state = TopicState {
+            let mut stream = loaded.stream;
+            let mut holes = loaded.holes.clone();
+            if damaged.contains_key(loaded.name.as_str()) {
+                stream = self.store.create_stream(&loaded.name)?;
+                holes.clear();
+                self.delete_stream_later(loaded.stream.epoch);
+                Stats::add(&self.store.damaged_topics, 1);
+                tracing::error!(topic = %loaded.name, old_epoch = loaded.stream.epoch, new_epoch = stream.epoch, "serving a damaged topic under a new epoch (store.on_damage = \"new_epoch\"); resuming clients get `reset`");
+            } else if self.durability == Durability::Interval {
+                stream.reservation.written_through = stream.next - 1 + RESERVATION;
+                self.store.write_record(&loaded.name, &stream)?;
+                stream.reservation.safe_through = stream.reservation.written_through;
+            }
+            let mut state = TopicState {
                 stream: Some(stream),
+                holes,
                 ..TopicState::default()
             };
-            registry.insert(
-                topic.clone(),
-                Arc::new(Topic {
-                    name: topic,
-                    retention: Some(retention),
-                    state: Mutex::new(state),
-                }),
-            );
+            if stream.oldest_ms > 0 {
+                state.age_key = Some(self.age_key_for(stream.oldest_ms, &retention));
+            }
+            let entry = Arc::new(Topic {
+                name: topic.clone(),
+                retention: Some(Arc::clone(&retention)),
+                state: Mutex::new(state),
+            });
+            if let Some(key) = entry.lock().age_key {
+                self.age_schedule().insert(key, Arc::clone(&entry));
+            }
+            if stream.visible - stream.first > retention.max_messages
+                || stream.bytes > retention.max_bytes.as_u64()
+            {
+                entry.lock().trim_queued = true;
+                self.trim_queue().push(Arc::clone(&entry));
+            }
+            registry.insert(topic, entry);
+            self.stored_topics.fetch_add(1, Ordering::Relaxed);
         }
+        // Topics of damaged epochs that no rule stores any more still lose
+        // their old streams' records from the journal's point of view.
+        for damage in &report.damaged {
+            self.retire(damage.epoch);
+        }
+        let heads: Vec<HeadRecord> = registry
+            .values()
+            .filter_map(|entry| {
+                let state = entry.lock();
+                state.stream.map(|stream| HeadRecord::Head {
+                    epoch: stream.epoch,
+                    head: stream.next - 1,
+                    topic: entry.name.to_string(),
+                })
+            })
+            .collect();
+        drop(registry);
+        // What was found becomes durable now (a previous process may have
+        // died before its last flush reached the disk), and the journal
+        // starts over from it.
+        self.store.flush(&heads, true)?;
+        self.retired().clear();
+        self.store.mark_durable(self.store.written());
         Ok(())
     }
 
@@ -262,13 +422,57 @@ impl Topics {
             .expect("no code panics while holding the wildcard lock")
     }
 
-    fn retention_for(&self, topic: &TopicName) -> Option<RetentionRule> {
+    fn dirty(&self) -> MutexGuard<'_, Vec<Arc<Topic>>> {
+        self.dirty
+            .lock()
+            .expect("no code panics while holding the dirty list")
+    }
+
+    fn unreleased(&self) -> MutexGuard<'_, Vec<Arc<Topic>>> {
+        self.unreleased
+            .lock()
+            .expect("no code panics while holding the unreleased list")
+    }
+
+    fn retired(&self) -> MutexGuard<'_, Vec<u64>> {
+        self.retired
+            .lock()
+            .expect("no code panics while holding the retired list")
+    }
+
+    fn trim_queue(&self) -> MutexGuard<'_, Vec<Arc<Topic>>> {
+        self.trim_queue
+            .lock()
+            .expect("no code panics while holding the trim queue")
+    }
+
+    fn age_schedule(&self) -> MutexGuard<'_, BTreeMap<(u64, u64), Arc<Topic>>> {
+        self.age_schedule
+            .lock()
+            .expect("no code panics while holding the age schedule")
+    }
+
+    fn retention_for(&self, topic: &TopicName) -> Option<Arc<RetentionRule>> {
         self.rules
             .iter()
             .find(|(pattern, _)| pattern.matches(topic))
             .map(|(_, rule)| rule)
             .filter(|rule| rule.store)
             .cloned()
+    }
+
+    /// Records that `epoch` no longer exists, for the journal.
+    fn retire(&self, epoch: u64) {
+        self.retired().push(epoch);
+    }
+
+    fn delete_stream_later(&self, epoch: u64) {
+        let store = Arc::clone(&self.store);
+        self.tasks.spawn_blocking(move || {
+            if let Err(err) = store.delete_stream(epoch) {
+                tracing::warn!(cause = %err, "deleting a reset stream failed; retried at next start");
+            }
+        });
     }
 
     /// True if `topic`'s history is (or would be) stored.
@@ -284,7 +488,7 @@ impl Topics {
         &self,
         topic: &TopicName,
         create_ephemeral: bool,
-    ) -> Result<Option<Arc<Topic>>, StoreError> {
+    ) -> Result<Option<Arc<Topic>>, WriteError> {
         if let Some(entry) = self.registry_read().get(topic) {
             return Ok(Some(Arc::clone(entry)));
         }
@@ -297,7 +501,19 @@ impl Topics {
             return Ok(Some(Arc::clone(entry)));
         }
         let stream = match retention {
-            Some(_) => Some(self.store.create_stream(topic.as_str())?),
+            Some(_) => {
+                if self.store.is_failing() {
+                    return Err(WriteError::Store(StoreError::Failing));
+                }
+                if self.stored_topics.load(Ordering::Relaxed) >= self.max_topics {
+                    return Err(WriteError::TooManyTopics {
+                        max: self.max_topics,
+                    });
+                }
+                let stream = self.store.create_stream(topic.as_str())?;
+                self.stored_topics.fetch_add(1, Ordering::Relaxed);
+                Some(stream)
+            }
             None => None,
         };
         let entry = Arc::new(Topic {
@@ -313,19 +529,19 @@ impl Topics {
     }
 
     /// Publishes `payload` to `topic`: stores it (if the topic is stored)
-    /// and queues one shared frame to every matching subscriber.
+    /// and delivers one shared frame to every matching subscriber (at once,
+    /// or once it is durable: see the module docs).
     pub(crate) fn publish(
         self: &Arc<Self>,
         topic: &TopicName,
         payload: &Payload,
         publisher: &str,
-    ) -> Result<Published, StoreError> {
+    ) -> Result<Published, WriteError> {
         let accepted = Instant::now();
         let timestamp_ms = now_ms();
-        Stats::add(&self.stats.messages_in, 1);
-        Stats::add(&self.stats.bytes_in, payload.len() as u64);
         let Some(entry) = self.entry(topic, false)? else {
             // Ephemeral and no exact subscriber: only wildcards can match.
+            self.count_published(payload);
             let frame = encode_delivery(topic.as_str(), 0, 0, timestamp_ms, publisher, payload)
                 .seal(&self.compression);
             let delivered = self.deliver_to_wildcards(topic, &frame);
@@ -337,32 +553,148 @@ impl Topics {
             });
         };
         let mut state = entry.lock();
-        let (epoch, offset) = match &state.stream {
-            Some(stream) => (stream.epoch, stream.next),
-            None => (0, 0),
+        let Some(mut stream) = state.stream else {
+            self.count_published(payload);
+            state.published += 1;
+            state.last_publish_ms = timestamp_ms;
+            state.rate.record(timestamp_ms);
+            let frame = encode_delivery(topic.as_str(), 0, 0, timestamp_ms, publisher, payload)
+                .seal(&self.compression);
+            self.fan_out(&entry, &mut state, &frame, 0, 0, accepted);
+            return Ok(Published {
+                epoch: 0,
+                offset: 0,
+                write: None,
+            });
         };
+        if self.store.is_failing() {
+            return Err(WriteError::Store(StoreError::Failing));
+        }
+        let unflushed = self.store.unflushed_bytes();
+        if unflushed > self.max_unflushed_bytes {
+            return Err(WriteError::StoreBehind { bytes: unflushed });
+        }
+        let offset = stream.next;
+        if self.durability == Durability::Interval {
+            self.reserve(&entry.name, &mut stream)?;
+        }
         let body = encode_delivery(
             topic.as_str(),
-            epoch,
+            stream.epoch,
             offset,
             timestamp_ms,
             publisher,
             payload,
         );
-        let write = match state.stream.as_mut() {
-            Some(stream) => {
-                let body_bytes = body.body();
-                let write = self.store.append(epoch, offset, timestamp_ms, body_bytes)?;
-                stream.next += 1;
-                stream.bytes += body_bytes.len() as u64;
-                Some(write)
-            }
-            None => None,
-        };
+        let body_bytes = body.body();
+        let write = self
+            .store
+            .append(stream.epoch, offset, timestamp_ms, body_bytes)?;
+        self.count_published(payload);
+        stream.next += 1;
+        stream.bytes += body_bytes.len() as u64;
+        if stream.oldest_ms == 0 {
+            stream.oldest_ms = timestamp_ms;
+        }
         state.published += 1;
         state.last_publish_ms = timestamp_ms;
         state.rate.record(timestamp_ms);
+        if !state.dirty {
+            state.dirty = true;
+            self.dirty().push(Arc::clone(&entry));
+        }
+        if let Some(rule) = &entry.retention {
+            if state.age_key.is_none() {
+                let key = self.age_key_for(stream.oldest_ms, rule);
+                state.age_key = Some(key);
+                self.age_schedule().insert(key, Arc::clone(&entry));
+            }
+            if !state.trim_queued
+                && (stream.next - stream.first > rule.max_messages
+                    || stream.bytes > rule.max_bytes.as_u64())
+            {
+                state.trim_queued = true;
+                self.trim_queue().push(Arc::clone(&entry));
+            }
+        }
         let frame = body.seal(&self.compression);
+        match self.durability {
+            Durability::Interval => {
+                stream.visible = stream.next;
+                state.stream = Some(stream);
+                self.fan_out(&entry, &mut state, &frame, stream.epoch, offset, accepted);
+            }
+            Durability::Fsync => {
+                state.stream = Some(stream);
+                if state.pending.is_empty() {
+                    self.unreleased().push(Arc::clone(&entry));
+                }
+                state.pending.push_back(PendingMessage {
+                    write,
+                    offset,
+                    frame,
+                    accepted,
+                });
+                // Delivery waits for this flush: ask for it now.
+                self.store.request_flush();
+            }
+        }
+        drop(state);
+        Ok(Published {
+            epoch: stream.epoch,
+            offset,
+            write: Some(write),
+        })
+    }
+
+    fn count_published(&self, payload: &Payload) {
+        Stats::add(&self.stats.messages_in, 1);
+        Stats::add(&self.stats.bytes_in, payload.len() as u64);
+    }
+
+    /// Makes sure offset `stream.next` is covered by a durable reservation
+    /// (interval mode), writing the next reservation ahead of time. Called
+    /// with the topic locked.
+    fn reserve(&self, topic: &TopicName, stream: &mut StreamState) -> Result<(), StoreError> {
+        let offset = stream.next;
+        let reservation = &mut stream.reservation;
+        if reservation.written_through > reservation.safe_through
+            && self.store.is_durable(reservation.written_seq)
+        {
+            reservation.safe_through = reservation.written_through;
+        }
+        if reservation.written_through < offset + RESERVATION / 2 {
+            let mut ahead = *stream;
+            ahead.reservation.written_through = offset + RESERVATION;
+            let seq = self.store.write_record(topic.as_str(), &ahead)?;
+            stream.reservation.written_through = ahead.reservation.written_through;
+            stream.reservation.written_seq = seq;
+            self.store.request_flush();
+        }
+        if offset > stream.reservation.safe_through {
+            // The flusher has not made the next reservation durable in
+            // time (more than RESERVATION / 2 publishes to this topic in one
+            // flush): flush here rather than risk reusing offsets.
+            let target = self.store.written();
+            self.store.flush(&[], false)?;
+            self.store.mark_durable(target);
+            stream.reservation.safe_through = stream.reservation.written_through;
+        }
+        Ok(())
+    }
+
+    /// Delivers `frame` (message `offset`) to every live subscriber of the
+    /// topic and every matching wildcard subscriber. Called with the topic
+    /// locked.
+    fn fan_out(
+        self: &Arc<Self>,
+        entry: &Arc<Topic>,
+        state: &mut TopicState,
+        frame: &Bytes,
+        epoch: u64,
+        offset: u64,
+        accepted: Instant,
+    ) {
         let mut delivered = 0;
         let mut index = 0;
         while index < state.live.len() {
@@ -376,18 +708,51 @@ impl Topics {
                 }
                 Offer::Full => {
                     let subscriber = state.live.swap_remove(index);
-                    self.handle_slow_subscriber(&entry, &mut state, subscriber, epoch, offset);
+                    self.handle_slow_subscriber(entry, state, subscriber, epoch, offset);
                 }
             }
         }
-        delivered += self.deliver_to_wildcards(topic, &frame);
-        drop(state);
+        delivered += self.deliver_to_wildcards(&entry.name, frame);
         self.count_deliveries(delivered, accepted);
-        Ok(Published {
-            epoch,
-            offset,
-            write,
-        })
+    }
+
+    /// Releases the pending messages that writes up to `through` made
+    /// durable: delivers them live, in offset order.
+    pub(crate) fn release(self: &Arc<Self>, through: u64) {
+        let topics = std::mem::take(&mut *self.unreleased());
+        let mut still_pending = Vec::new();
+        for entry in topics {
+            let mut state = entry.lock();
+            while state
+                .pending
+                .front()
+                .is_some_and(|next| next.write <= through)
+            {
+                let Some(message) = state.pending.pop_front() else {
+                    break;
+                };
+                let Some(mut stream) = state.stream else {
+                    break;
+                };
+                stream.visible = message.offset + 1;
+                state.stream = Some(stream);
+                self.fan_out(
+                    &entry,
+                    &mut state,
+                    &message.frame,
+                    stream.epoch,
+                    message.offset,
+                    message.accepted,
+                );
+            }
+            if !state.pending.is_empty() {
+                drop(state);
+                still_pending.push(entry);
+            }
+        }
+        if !still_pending.is_empty() {
+            self.unreleased().extend(still_pending);
+        }
     }
 
     fn count_deliveries(&self, delivered: u64, accepted: Instant) {
@@ -487,8 +852,8 @@ impl Topics {
                 state.live.push(subscriber);
                 return Ok(reply(topic, false, 0, 0, 0, true, None, false));
             };
-            let plan = plan_start(&stream, position);
-            if plan.start >= stream.next {
+            let plan = plan_start(&stream, &state.holes, position);
+            if plan.start >= stream.visible {
                 state.live.push(subscriber);
             } else {
                 self.start_replay(
@@ -506,7 +871,7 @@ impl Topics {
                 topic,
                 true,
                 stream.epoch,
-                stream.next - 1,
+                stream.visible - 1,
                 plan.start,
                 plan.complete,
                 plan.gap,
@@ -545,15 +910,26 @@ impl Topics {
         self.wildcards_write().remove(filter, peer);
     }
 
-    /// Called by a replay when it has caught up: registers the subscriber
-    /// for live delivery if nothing was published since it last read.
-    /// Returns what the replay should do next.
+    /// The first offset a replay of `epoch` may not read yet (`None` if the
+    /// topic's stream is gone or in another epoch).
+    pub(crate) fn visible(&self, entry: &Topic, epoch: u64) -> Option<u64> {
+        entry
+            .lock()
+            .stream
+            .filter(|stream| stream.epoch == epoch)
+            .map(|stream| stream.visible)
+    }
+
+    /// Called by a replay that read everything below `until` (a `visible`
+    /// it saw earlier): registers the subscriber for live delivery if
+    /// nothing was released since. Returns what the replay should do next.
     pub(crate) fn try_go_live(
         &self,
         entry: &Topic,
         subscriber: &Subscriber,
         epoch: u64,
         cursor: u64,
+        until: u64,
     ) -> GoLive {
         let mut state = entry.lock();
         if subscriber.cancel.is_cancelled() || subscriber.peer.is_closing() {
@@ -577,7 +953,17 @@ impl Topics {
                 },
             };
         }
-        if cursor >= stream.next {
+        if cursor < until {
+            // Offsets the read should have found are not stored: a hole
+            // (lost in a crash, interval mode) at the end of the stream.
+            return GoLive::Gap {
+                range: OffsetRange {
+                    from: cursor,
+                    to: until - 1,
+                },
+            };
+        }
+        if cursor >= stream.visible {
             state.replaying -= 1;
             state.live.push(subscriber.clone());
             return GoLive::Live;
@@ -624,6 +1010,11 @@ impl Topics {
         self.len() == 0
     }
 
+    /// Number of stored topics.
+    pub fn stored_len(&self) -> usize {
+        self.stored_topics.load(Ordering::Relaxed)
+    }
+
     /// Stored messages of `topic` from offset `from` in offset order,
     /// decoded, with the epoch they belong to: at most `limit`, and past the
     /// first at most `max_bytes` of stored records (each message's encoded
@@ -647,7 +1038,10 @@ impl Topics {
             return Ok(None);
         };
         let mut out = Vec::new();
-        for message in self.store.read(stream.epoch, from, limit, max_bytes)? {
+        let batch = self
+            .store
+            .read(stream.epoch, from, stream.visible, limit, max_bytes)?;
+        for message in batch.messages {
             let body = Bytes::copy_from_slice(message.body());
             match ServerMessage::decode(&body) {
                 Ok(ServerMessage::Message(delivery)) => out.push(delivery),
@@ -675,14 +1069,35 @@ impl Topics {
         let Some(old) = state.stream else {
             return Ok(None);
         };
+        if self.store.is_failing() {
+            return Err(StoreError::Failing);
+        }
         let fresh = self.store.create_stream(name.as_str())?;
+        self.restart_stream(&entry, &mut state, fresh);
+        drop(state);
+        self.retire(old.epoch);
+        self.delete_stream_later(old.epoch);
+        Ok(Some(fresh.epoch))
+    }
+
+    /// Replaces a topic's stream with `fresh` (a reset, or damage found
+    /// after a reopen): pending messages of the old epoch are dropped and
+    /// every live subscriber continues through a replay, which sends the
+    /// `reset` frame in order with its other deliveries. Called with the
+    /// topic locked.
+    fn restart_stream(
+        self: &Arc<Self>,
+        entry: &Arc<Topic>,
+        state: &mut TopicState,
+        fresh: StreamState,
+    ) {
         state.stream = Some(fresh);
-        // Every live subscriber continues through a replay, which sends the
-        // `reset` frame in order with its other deliveries.
+        state.pending.clear();
+        state.holes.clear();
         for subscriber in std::mem::take(&mut state.live) {
             self.start_replay(
-                &entry,
-                &mut state,
+                entry,
+                state,
                 subscriber,
                 ReplayStart {
                     epoch: fresh.epoch,
@@ -690,60 +1105,6 @@ impl Topics {
                     send_reset: true,
                 },
             );
-        }
-        drop(state);
-        let store = Arc::clone(&self.store);
-        self.tasks.spawn_blocking(move || {
-            if let Err(err) = store.delete_stream(old.epoch) {
-                tracing::warn!(cause = %err, "deleting a reset stream failed; retried at next start");
-            }
-        });
-        Ok(Some(fresh.epoch))
-    }
-
-    /// One retention pass over every stored topic. Blocking (store I/O);
-    /// never holds a topic lock during I/O.
-    pub(crate) fn trim_all(&self) {
-        let entries: Vec<Arc<Topic>> = self
-            .registry_read()
-            .values()
-            .filter(|entry| entry.is_stored())
-            .cloned()
-            .collect();
-        let now = now_ms();
-        for entry in entries {
-            let Some(rule) = &entry.retention else {
-                continue;
-            };
-            let Some(stream) = entry.lock().stream else {
-                continue;
-            };
-            if stream.next == stream.first {
-                continue;
-            }
-            let limits = TrimLimits {
-                max_messages: rule.max_messages,
-                max_bytes: rule.max_bytes.as_u64(),
-                oldest_ms: now.saturating_sub(rule.max_age.as_millis() as u64),
-            };
-            match self
-                .store
-                .trim(entry.name.as_str(), &stream, limits, 100_000)
-            {
-                Ok(Some((through, freed))) => {
-                    let mut state = entry.lock();
-                    if let Some(current) = state.stream.as_mut()
-                        && current.epoch == stream.epoch
-                    {
-                        current.first = current.first.max(through + 1);
-                        current.bytes = current.bytes.saturating_sub(freed);
-                    }
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(topic = %entry.name, cause = %err, "trimming failed");
-                }
-            }
         }
     }
 
@@ -758,9 +1119,10 @@ impl Topics {
 pub(crate) enum GoLive {
     /// Registered for live delivery; the replay is done.
     Live,
-    /// More was published since the last read; read again.
+    /// More was released since the last read; read again.
     ReadMore,
-    /// Offsets from the cursor were trimmed; report the gap and skip it.
+    /// Offsets from the cursor are gone (trimmed, or lost); report the gap
+    /// and skip it.
     Gap { range: OffsetRange },
     /// The stream was reset; report it and continue in `epoch`.
     Reset { epoch: u64 },
@@ -777,9 +1139,9 @@ fn topic_info(entry: &Topic, now: u64) -> TopicInfo {
         subscribers: state.live.len() + state.replaying,
         catching_up: state.replaying,
         epoch: stream.map_or(0, |s| s.epoch),
-        first_offset: stream.map_or(0, |s| if s.first < s.next { s.first } else { 0 }),
-        last_offset: stream.map_or(0, |s| s.next - 1),
-        stored_messages: stream.map_or(0, |s| s.next - s.first),
+        first_offset: stream.map_or(0, |s| if s.first < s.visible { s.first } else { 0 }),
+        last_offset: stream.map_or(0, |s| s.visible - 1),
+        stored_messages: stream.map_or(0, |s| s.visible.saturating_sub(s.first)),
         stored_bytes: stream.map_or(0, |s| s.bytes),
         published: state.published,
         last_publish_ms: state.last_publish_ms,
@@ -827,9 +1189,26 @@ struct StartPlan {
 }
 
 /// Where a subscription with `position` starts in `stream` (section 7.2 of
-/// docs/protocol.md).
-fn plan_start(stream: &StreamState, position: Option<Position>) -> StartPlan {
-    let head = stream.next - 1;
+/// docs/protocol.md). A replay over a hole (offsets lost in a crash in
+/// interval mode) is never `complete`.
+fn plan_start(
+    stream: &StreamState,
+    holes: &[OffsetRange],
+    position: Option<Position>,
+) -> StartPlan {
+    let mut plan = plan_in_retention(stream, position);
+    if plan.complete
+        && holes
+            .iter()
+            .any(|hole| hole.to >= plan.start && hole.from < stream.visible)
+    {
+        plan.complete = false;
+    }
+    plan
+}
+
+fn plan_in_retention(stream: &StreamState, position: Option<Position>) -> StartPlan {
+    let head = stream.visible - 1;
     let plain = |start| StartPlan {
         start,
         complete: true,
@@ -837,13 +1216,13 @@ fn plan_start(stream: &StreamState, position: Option<Position>) -> StartPlan {
         epoch_changed: false,
     };
     match position {
-        None => plain(stream.next),
+        None => plain(stream.visible),
         Some(Position::Oldest) => plain(stream.first),
         Some(Position::Last { count }) => {
-            let start = stream.next.saturating_sub(count).max(stream.first);
+            let start = stream.visible.saturating_sub(count).max(stream.first);
             StartPlan {
                 start,
-                complete: stream.next - stream.first >= count,
+                complete: stream.visible - stream.first >= count,
                 gap: None,
                 epoch_changed: false,
             }
@@ -907,37 +1286,47 @@ impl Topics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Reservation;
 
     fn stream(first: u64, next: u64) -> StreamState {
         StreamState {
             epoch: 7,
             first,
             next,
+            visible: next,
             bytes: 0,
             created_ms: 0,
+            oldest_ms: 0,
+            reservation: Reservation::default(),
         }
+    }
+
+    fn plan(first: u64, next: u64, position: Position) -> StartPlan {
+        plan_start(&stream(first, next), &[], Some(position))
     }
 
     #[test]
     fn after_position_inside_retention_is_complete() {
-        let plan = plan_start(
-            &stream(1, 11),
-            Some(Position::After {
+        let plan = plan(
+            1,
+            11,
+            Position::After {
                 epoch: 7,
                 offset: 4,
-            }),
+            },
         );
         assert_eq!((plan.start, plan.complete, plan.gap), (5, true, None));
     }
 
     #[test]
     fn after_position_before_retention_reports_the_gap() {
-        let plan = plan_start(
-            &stream(6, 11),
-            Some(Position::After {
+        let plan = plan(
+            6,
+            11,
+            Position::After {
                 epoch: 7,
                 offset: 2,
-            }),
+            },
         );
         assert_eq!(plan.start, 6);
         assert!(!plan.complete);
@@ -946,24 +1335,26 @@ mod tests {
 
     #[test]
     fn after_position_past_the_head_replays_nothing() {
-        let plan = plan_start(
-            &stream(1, 11),
-            Some(Position::After {
+        let plan = plan(
+            1,
+            11,
+            Position::After {
                 epoch: 7,
                 offset: 99,
-            }),
+            },
         );
         assert_eq!((plan.start, plan.complete), (11, true));
     }
 
     #[test]
     fn other_epoch_restarts_from_the_oldest() {
-        let plan = plan_start(
-            &stream(3, 11),
-            Some(Position::After {
+        let plan = plan(
+            3,
+            11,
+            Position::After {
                 epoch: 8,
                 offset: 5,
-            }),
+            },
         );
         assert_eq!(
             (plan.start, plan.epoch_changed, plan.complete),
@@ -973,10 +1364,37 @@ mod tests {
 
     #[test]
     fn last_n_is_clamped_to_what_is_retained() {
-        let plan = plan_start(&stream(8, 11), Some(Position::Last { count: 2 }));
-        assert_eq!((plan.start, plan.complete), (9, true));
-        let plan = plan_start(&stream(8, 11), Some(Position::Last { count: 5 }));
-        assert_eq!((plan.start, plan.complete), (8, false));
+        let plan_two = plan(8, 11, Position::Last { count: 2 });
+        assert_eq!((plan_two.start, plan_two.complete), (9, true));
+        let plan_five = plan(8, 11, Position::Last { count: 5 });
+        assert_eq!((plan_five.start, plan_five.complete), (8, false));
+    }
+
+    #[test]
+    fn a_resume_across_a_hole_is_not_complete() {
+        let holes = [OffsetRange { from: 5, to: 7 }];
+        let resume = |offset| {
+            plan_start(
+                &stream(1, 11),
+                &holes,
+                Some(Position::After { epoch: 7, offset }),
+            )
+        };
+        assert!(!resume(2).complete, "the replay crosses offsets 5..=7");
+        assert!(resume(7).complete, "the replay starts after the hole");
+    }
+
+    #[test]
+    fn only_released_offsets_are_planned() {
+        let mut pending = stream(1, 11);
+        pending.visible = 8;
+        let plan = plan_start(&pending, &[], Some(Position::Oldest));
+        assert_eq!(plan.start, 1);
+        let live = plan_start(&pending, &[], None);
+        assert_eq!(
+            live.start, 8,
+            "a live subscriber starts at the first unreleased offset"
+        );
     }
 
     #[test]

@@ -1,0 +1,280 @@
+//! The flusher: group commit, releasing what a flush made durable, the
+//! heads journal, and recovering a failed store by reopening it.
+//!
+//! One task runs [`run_flusher`]. Each round it snapshots the heads of the
+//! topics written since the last round, reads the write sequence, flushes
+//! (sled, fsync, journal) on a blocking thread, then releases the pending
+//! messages the flush covered and only then publishes the durable mark that
+//! acknowledgements wait for. Writes that arrive during a flush are covered
+//! by the next one, so concurrent publishers share flushes.
+//!
+//! When a flush fails the store is marked failing (writes are refused with
+//! `storage_failed`, `/readyz` says so), every waiting acknowledgement is
+//! failed at once, the failure is logged once at `error`, and the task
+//! retries with backoff: reopen sled, reconcile every topic with what it
+//! holds, flush, rewrite the journal. Only the first failure and then one
+//! line every [`STILL_FAILING_LOG_EVERY`] are logged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Topic, Topics};
+use crate::config::Durability;
+use crate::stats::Stats;
+use crate::store::heads::HeadRecord;
+use crate::store::{RESERVATION, StoreError};
+
+/// How often a store that keeps failing is logged about.
+const STILL_FAILING_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// First and longest wait between recovery attempts.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the flusher until `shutdown`, then flushes one last time.
+pub(crate) async fn run_flusher(topics: Arc<Topics>, shutdown: CancellationToken) {
+    let store = Arc::clone(&topics.store);
+    let mut ticker = tokio::time::interval(store.flush_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stop = tokio::select! {
+            () = shutdown.cancelled() => true,
+            () = store.flush_requested() => false,
+            _ = ticker.tick() => false,
+        };
+        if stop && topics.durability == Durability::Interval {
+            // A clean stop leaves no reservation past the last offset, so
+            // the next start reports no hole.
+            topics.shrink_reservations();
+        }
+        if let Err(err) = topics.flush_round(stop).await {
+            if stop {
+                tracing::error!(cause = %err, "the last flush before shutdown failed");
+                return;
+            }
+            topics.recover(err, &shutdown).await;
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn task_failed(err: &tokio::task::JoinError) -> StoreError {
+    StoreError::Io {
+        path: "(flush task)".into(),
+        source: std::io::Error::other(err.to_string()),
+    }
+}
+
+impl Topics {
+    /// One round of the flusher; `force` flushes even with nothing new.
+    async fn flush_round(self: &Arc<Self>, force: bool) -> Result<(), StoreError> {
+        let store = Arc::clone(&self.store);
+        let compact = store.journal_wants_compaction();
+        let heads = if compact {
+            self.all_heads()
+        } else {
+            self.take_heads()
+        };
+        let target = store.written();
+        let covered = store.durable().borrow().through;
+        if target <= covered && heads.is_empty() && !force {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let flushing = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || flushing.flush(&heads, compact))
+            .await
+            .map_err(|err| task_failed(&err))??;
+        store.flush_latency.observe(started.elapsed());
+        store
+            .flush_batch
+            .observe_count(target.saturating_sub(covered));
+        self.release(target);
+        store.mark_durable(target);
+        Ok(())
+    }
+
+    /// The heads of the topics written since the last round, and the epochs
+    /// retired since, for the journal. Taken before the round reads its
+    /// target, so the flush covers every head listed.
+    fn take_heads(&self) -> Vec<HeadRecord> {
+        let dirty = std::mem::take(&mut *self.dirty());
+        let mut records = Vec::with_capacity(dirty.len());
+        for entry in dirty {
+            let mut state = entry.lock();
+            state.dirty = false;
+            if let Some(stream) = state.stream {
+                records.push(head_record(&entry, stream.epoch, stream.next - 1));
+            }
+        }
+        records.extend(
+            std::mem::take(&mut *self.retired())
+                .into_iter()
+                .map(|epoch| HeadRecord::Retired { epoch }),
+        );
+        records
+    }
+
+    /// The heads of every stored topic, for rewriting the journal.
+    fn all_heads(&self) -> Vec<HeadRecord> {
+        self.dirty().clear();
+        self.retired().clear();
+        let entries: Vec<Arc<Topic>> = self.registry_read().values().cloned().collect();
+        entries
+            .iter()
+            .filter_map(|entry| {
+                let mut state = entry.lock();
+                state.dirty = false;
+                state
+                    .stream
+                    .map(|stream| head_record(entry, stream.epoch, stream.next - 1))
+            })
+            .collect()
+    }
+
+    /// Shrinks every reservation to the offsets actually used (before the
+    /// last flush of a clean shutdown).
+    fn shrink_reservations(&self) {
+        let entries: Vec<Arc<Topic>> = self.registry_read().values().cloned().collect();
+        for entry in entries {
+            let mut state = entry.lock();
+            let Some(mut stream) = state.stream else {
+                continue;
+            };
+            if stream.reservation.written_through < stream.next {
+                continue;
+            }
+            stream.reservation.written_through = stream.next - 1;
+            stream.reservation.safe_through = stream.next - 1;
+            match self.store.write_record(entry.name.as_str(), &stream) {
+                Ok(_) => state.stream = Some(stream),
+                Err(err) => {
+                    tracing::warn!(topic = %entry.name, cause = %err, "could not shrink a reservation; the next start reports a hole");
+                }
+            }
+        }
+    }
+
+    /// Keeps the store failing and retries until it works again (or the
+    /// broker shuts down).
+    async fn recover(self: &Arc<Self>, err: StoreError, shutdown: &CancellationToken) {
+        let store = Arc::clone(&self.store);
+        if store.mark_failed(store.written(), &err) {
+            tracing::error!(cause = %err, "the history store failed: refusing writes to stored topics and retrying");
+        }
+        let failing_since = Instant::now();
+        let mut logged = Instant::now();
+        let mut wait = RETRY_FIRST;
+        let mut attempts = 0u64;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            attempts += 1;
+            let topics = Arc::clone(self);
+            let result = tokio::task::spawn_blocking(move || topics.reopen_and_reconcile())
+                .await
+                .map_err(|err| task_failed(&err))
+                .and_then(|result| result);
+            match result {
+                Ok(()) => {
+                    tracing::info!(
+                        attempts,
+                        failed_for_ms = failing_since.elapsed().as_millis() as u64,
+                        "reopened the history store after it failed"
+                    );
+                    return;
+                }
+                Err(err) => {
+                    store.mark_failed(store.written(), &err);
+                    if logged.elapsed() >= STILL_FAILING_LOG_EVERY {
+                        logged = Instant::now();
+                        tracing::warn!(attempts, cause = %err, "the history store still fails");
+                    }
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Reopens sled and brings every topic in line with what it holds
+    /// (blocking). In `fsync` mode, messages that were never released are
+    /// deleted: their publishers were told `storage_failed`, and nobody
+    /// has seen them. In `interval` mode, released messages the store lost
+    /// become a hole (resumers get a `gap`). A topic whose durable messages
+    /// are gone is damaged and gets a new epoch.
+    fn reopen_and_reconcile(self: &Arc<Self>) -> Result<(), StoreError> {
+        let store = Arc::clone(&self.store);
+        store.reopen()?;
+        let found = store.scan()?;
+        let entries: Vec<Arc<Topic>> = self.registry_read().values().cloned().collect();
+        self.unreleased().clear();
+        for entry in &entries {
+            let mut state = entry.lock();
+            let Some(mut stream) = state.stream else {
+                continue;
+            };
+            let now = found
+                .get(entry.name.as_str())
+                .filter(|loaded| loaded.stream.epoch == stream.epoch);
+            let lost_durable = match now {
+                None => true,
+                Some(loaded) => {
+                    self.durability == Durability::Fsync && loaded.stored_head + 1 < stream.visible
+                }
+            };
+            if lost_durable {
+                let fresh = store.create_stream(entry.name.as_str())?;
+                tracing::error!(topic = %entry.name, old_epoch = stream.epoch, new_epoch = fresh.epoch, "the reopened store lost durable messages of this topic; it continues under a new epoch");
+                Stats::add(&store.damaged_topics, 1);
+                self.restart_stream(entry, &mut state, fresh);
+                self.retire(stream.epoch);
+                self.delete_stream_later(stream.epoch);
+                continue;
+            }
+            let loaded = now.expect("checked above");
+            match self.durability {
+                Durability::Fsync => {
+                    store.delete_from(stream.epoch, stream.visible)?;
+                    state.pending.clear();
+                    stream.next = stream.visible;
+                }
+                Durability::Interval => {
+                    if loaded.stored_head + 1 < stream.next {
+                        let hole = sockeye_protocol::OffsetRange {
+                            from: loaded.stored_head + 1,
+                            to: stream.next - 1,
+                        };
+                        store.record_hole(stream.epoch, hole)?;
+                        state.holes.push(hole);
+                    }
+                    stream.reservation.written_through = stream.next - 1 + RESERVATION;
+                    store.write_record(entry.name.as_str(), &stream)?;
+                    stream.reservation.safe_through = stream.reservation.written_through;
+                }
+            }
+            stream.bytes = loaded.stream.bytes;
+            state.stream = Some(stream);
+        }
+        // Every write so far that was not released is gone: fail its ack,
+        // even if a later flush covers its sequence number.
+        store.fail_writes_through(store.written());
+        let heads = self.all_heads();
+        store.flush(&heads, true)?;
+        store.mark_durable(store.written());
+        Ok(())
+    }
+}
+
+fn head_record(entry: &Topic, epoch: u64, head: u64) -> HeadRecord {
+    HeadRecord::Head {
+        epoch,
+        head,
+        topic: entry.name.to_string(),
+    }
+}
