@@ -44,6 +44,11 @@ pub(crate) struct ServeArgs {
     /// Address of the admin API listener (overrides `admin.listen`).
     #[arg(long, value_name = "ADDR")]
     pub(crate) admin_listen: Option<SocketAddr>,
+    /// Start even if stored topics lost acknowledged messages, giving each
+    /// damaged topic a new epoch (sets `store.on_damage = "new_epoch"`; see
+    /// docs/operations.md, "A damaged store").
+    #[arg(long)]
+    pub(crate) reset_damaged_topics: bool,
 }
 
 impl ServeArgs {
@@ -56,6 +61,9 @@ impl ServeArgs {
         }
         if let Some(listen) = self.admin_listen {
             overrides.push(("admin.listen", listen.to_string()));
+        }
+        if self.reset_damaged_topics {
+            overrides.push(("store.on_damage", "new_epoch".to_owned()));
         }
         overrides
     }

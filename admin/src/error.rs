@@ -16,7 +16,8 @@ pub struct ErrorBody {
     /// `invalid_topic`, `token_missing` and the other `token_*` codes of the
     /// handshake, `not_admin`, `not_found`, `topic_not_found`, `not_stored`,
     /// `connection_not_found`, `method_not_allowed`, `payload_too_large`,
-    /// `unsupported_media_type`, `unavailable`, `storage_failed`, `internal`.
+    /// `unsupported_media_type`, `unavailable`, `storage_failed`,
+    /// `too_many_topics`, `internal`.
     pub code: String,
     /// What went wrong, for a person.
     pub message: String,
@@ -86,6 +87,19 @@ pub enum ApiError {
     /// The broker is shutting down (503).
     #[error("the broker is shutting down")]
     Unavailable,
+    /// The history store fails and refuses writes until it recovers (503,
+    /// `storage_failed`).
+    #[error("{message}")]
+    StoreFailing {
+        /// What fails.
+        message: String,
+    },
+    /// A publish would store one topic more than `store.max_topics` (409).
+    #[error("{message}")]
+    TooManyTopics {
+        /// The limit.
+        message: String,
+    },
     /// The history store failed (500). The cause is logged, not sent.
     #[error("the history store failed")]
     Storage(#[source] sockeye_broker::StoreError),
@@ -124,7 +138,10 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::StoreFailing { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::TooManyTopics { .. } => StatusCode::CONFLICT,
             ApiError::Storage(_) | ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -141,7 +158,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::Unavailable => "unavailable",
-            ApiError::Storage(_) => "storage_failed",
+            ApiError::Storage(_) | ApiError::StoreFailing { .. } => "storage_failed",
+            ApiError::TooManyTopics { .. } => "too_many_topics",
             ApiError::Internal { .. } => "internal",
         }
     }
@@ -180,7 +198,12 @@ impl IntoResponse for ApiError {
 
 impl From<sockeye_broker::StoreError> for ApiError {
     fn from(error: sockeye_broker::StoreError) -> Self {
-        ApiError::Storage(error)
+        match error {
+            sockeye_broker::StoreError::Failing => ApiError::StoreFailing {
+                message: error.to_string(),
+            },
+            other => ApiError::Storage(other),
+        }
     }
 }
 

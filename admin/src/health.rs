@@ -29,17 +29,28 @@ pub(crate) async fn healthz() -> axum::Json<Health> {
 
 /// Readiness probe.
 ///
-/// 200 while the broker accepts clients; 503 once it is shutting down.
+/// 200 while the broker accepts clients and its history store works; 503
+/// once it is shutting down, or while the store fails (a full disk: it
+/// refuses writes to stored topics and recovers by itself once it can
+/// flush again).
 #[utoipa::path(
     get, path = "/readyz", tag = "meta",
     responses(
         (status = 200, description = "The broker accepts clients", body = Health),
-        (status = 503, description = "The broker is shutting down (`unavailable`)", body = ErrorBody),
+        (status = 503, description = "The broker is shutting down (`unavailable`), or its history store fails (`storage_failed`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
     if state.broker.is_draining() {
         return Err(ApiError::Unavailable);
+    }
+    if state.broker.store().is_failing() {
+        return Err(ApiError::StoreFailing {
+            message: format!(
+                "the history store fails: {}",
+                state.broker.store().failure().unwrap_or_default()
+            ),
+        });
     }
     Ok(axum::Json(Health {
         status: "ready".into(),

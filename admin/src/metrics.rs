@@ -260,6 +260,37 @@ impl Collector for BrokerCollector {
             "Bytes the history store occupies on disk.",
             broker.store().size_on_disk(),
         )?;
+        let store = broker.store();
+        gauge(
+            e,
+            "sockeye_store_failing",
+            "1 while the history store fails and refuses writes, else 0.",
+            u64::from(store.is_failing()),
+        )?;
+        counter(
+            e,
+            "sockeye_store_flush_failures",
+            "History store flushes that failed.",
+            Stats::get(&store.flush_failures),
+        )?;
+        counter(
+            e,
+            "sockeye_store_reopens",
+            "Times the history store was reopened to recover from a failure.",
+            Stats::get(&store.reopens),
+        )?;
+        counter(
+            e,
+            "sockeye_store_damaged_topics",
+            "Stored topics found to have lost acknowledged messages and given a new epoch.",
+            Stats::get(&store.damaged_topics),
+        )?;
+        gauge(
+            e,
+            "sockeye_stored_topics",
+            "Topics whose history is stored.",
+            broker.topics().stored_len() as u64,
+        )?;
         if let Some(bytes) = crate::stats::resident_memory_bytes() {
             gauge(
                 e,

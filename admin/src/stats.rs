@@ -75,6 +75,8 @@ pub(crate) struct StatsView {
     auth_failures: BTreeMap<String, u64>,
     /// Bytes the history store occupies on disk.
     store_bytes_on_disk: u64,
+    /// The history store's health and failure counters.
+    store: StoreView,
     /// Resident memory of the process, in bytes (null where the platform
     /// does not tell).
     memory_resident_bytes: Option<u64>,
@@ -98,6 +100,26 @@ pub(crate) struct RatesView {
     bytes_out_per_second: f64,
     /// Connections accepted per second.
     connections_per_second: f64,
+}
+
+/// The history store's health.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct StoreView {
+    /// True while the store fails (writes to stored topics are refused with
+    /// `storage_failed`; `/readyz` answers 503).
+    failing: bool,
+    /// What the current failure is, while failing.
+    failure: Option<String>,
+    /// Topics whose history is stored.
+    stored_topics: u64,
+    /// Flushes that failed since start.
+    flush_failures: u64,
+    /// Times the store was reopened to recover from a failure.
+    reopens: u64,
+    /// Stored topics found to have lost acknowledged messages and given a
+    /// new epoch (at start with `store.on_damage = "new_epoch"`, or after a
+    /// reopen).
+    damaged_topics: u64,
 }
 
 /// Slow-consumer events.
@@ -237,6 +259,14 @@ fn stats_view(broker: &Broker, rates: &RateWindow) -> StatsView {
             .map(|(code, count)| (code.to_owned(), count))
             .collect(),
         store_bytes_on_disk: broker.store().size_on_disk(),
+        store: StoreView {
+            failing: broker.store().is_failing(),
+            failure: broker.store().failure(),
+            stored_topics: topics.stored_len() as u64,
+            flush_failures: Stats::get(&broker.store().flush_failures),
+            reopens: Stats::get(&broker.store().reopens),
+            damaged_topics: Stats::get(&broker.store().damaged_topics),
+        },
         memory_resident_bytes: resident_memory_bytes(),
     }
 }

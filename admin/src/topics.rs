@@ -464,8 +464,9 @@ pub(crate) async fn delete_history(
         (status = 400, description = "Invalid topic name or body", body = ErrorBody),
         (status = 413, description = "The payload is larger than `limits.max_frame_size`", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 409, description = "The topic would be stored and `store.max_topics` topics are stored already (`too_many_topics`)", body = ErrorBody),
         (status = 500, description = "The store failed (`storage_failed`)", body = ErrorBody),
-        (status = 503, description = "The broker is shutting down", body = ErrorBody),
+        (status = 503, description = "The broker is shutting down (`unavailable`), or the store fails and refuses writes until it recovers (`storage_failed`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn publish(
@@ -496,7 +497,10 @@ pub(crate) async fn publish(
         .await
         .map_err(|error| match error {
             PublishError::Topic(error) => error.into(),
-            PublishError::Store(error) => ApiError::Storage(error),
+            PublishError::Store(error) => error.into(),
+            PublishError::TooManyTopics { max } => ApiError::TooManyTopics {
+                message: format!("the broker stores at most {max} topics (store.max_topics)"),
+            },
             PublishError::ShuttingDown => ApiError::Unavailable,
             other => ApiError::Internal {
                 cause: other.to_string(),

@@ -49,6 +49,20 @@ impl Serve {
     /// with `admin.enabled = false`: the default admin port is fixed and
     /// tests run in parallel.
     pub async fn start(data_dir: &Path, args: &[&str]) -> Self {
+        match Self::try_start(data_dir, args).await {
+            Ok(serve) => serve,
+            Err((status, log)) => {
+                panic!("sockeye serve {args:?} exited ({status}) before serving: {log:#?}")
+            }
+        }
+    }
+
+    /// Like [`Serve::start`], but a broker that exits before serving is an
+    /// `Err` with its exit status and log, not a panic.
+    pub async fn try_start(
+        data_dir: &Path,
+        args: &[&str],
+    ) -> Result<Self, (ExitStatus, Vec<String>)> {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -77,7 +91,13 @@ impl Serve {
         .await;
         match started {
             Ok(true) => {}
-            Ok(false) => panic!("sockeye serve {args:?} exited before serving: {log:#?}"),
+            Ok(false) => {
+                let status = tokio::time::timeout(WAIT, child.wait())
+                    .await
+                    .expect("sockeye exits in time")
+                    .unwrap();
+                return Err((status, log));
+            }
             Err(_) => panic!("sockeye serve {args:?} did not serve within {WAIT:?}: {log:#?}"),
         }
         // Keep draining the log so the child never blocks on a full pipe.
@@ -87,7 +107,7 @@ impl Serve {
             }
         });
         let addr = listen_address(&log, SERVING).expect("the serving line has listen=ADDR");
-        Self { child, log, addr }
+        Ok(Self { child, log, addr })
     }
 
     /// The process id.
