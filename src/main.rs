@@ -31,8 +31,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let requested = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // sled logs an error for every handle it drops after an I/O error (a
+    // full disk: dozens of lines per recovery attempt); the broker reports
+    // store failures itself, once. Ask for `sled=...` to see them.
+    if !requested.contains("sled") {
+        filter = filter.add_directive("sled=off".parse().expect("`sled=off` is a valid directive"));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

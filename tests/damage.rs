@@ -57,7 +57,9 @@ async fn fill(addr: std::net::SocketAddr, token: &str) -> u64 {
                 ack: true,
             };
             socket
-                .send(Message::Binary(message.encode_frame(&Compression::default())))
+                .send(Message::Binary(
+                    message.encode_frame(&Compression::default()),
+                ))
                 .await
                 .unwrap();
         }
@@ -93,7 +95,10 @@ async fn read_all(addr: std::net::SocketAddr, token: &str) -> (u64, BTreeMap<u64
     while next <= reply.last_offset {
         match recv(&mut socket).await {
             ServerMessage::Message(delivery) => {
-                messages.insert(delivery.offset, delivery.payload.as_binary().unwrap().to_vec());
+                messages.insert(
+                    delivery.offset,
+                    delivery.payload.as_binary().unwrap().to_vec(),
+                );
                 next = delivery.offset + 1;
             }
             ServerMessage::Gap { range, .. } => next = range.to + 1,
@@ -153,7 +158,10 @@ async fn one_variant(how: Damage) -> Outcome {
     match Serve::try_start(dir.path(), &admin).await {
         Ok(broker) => {
             let (served_epoch, messages) = read_all(broker.addr, &token).await;
-            assert_eq!(served_epoch, epoch, "{how:?}: started without reporting damage");
+            assert_eq!(
+                served_epoch, epoch,
+                "{how:?}: started without reporting damage"
+            );
             for seq in 1..=MESSAGES {
                 assert_eq!(
                     messages.get(&seq),

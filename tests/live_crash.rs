@@ -85,7 +85,7 @@ async fn publish_until_killed(
         while in_flight.len() < 8 {
             seq += 1;
             let payload = format!("cycle {cycle} client {client} seq {seq}").into_bytes();
-            let ack = seq % 2 == 0;
+            let ack = seq.is_multiple_of(2);
             let message = ClientMessage::Publish {
                 id: seq,
                 topic: TOPIC.into(),
@@ -159,7 +159,10 @@ async fn subscribe_until_killed(
         assert!(!reply.epoch_changed);
     }
     if fsync {
-        assert!(reply.complete, "fsync mode loses nothing a subscriber saw: {reply:?}");
+        assert!(
+            reply.complete,
+            "fsync mode loses nothing a subscriber saw: {reply:?}"
+        );
     }
     let mut expected = reply.next_offset;
     let mut count = 0;
@@ -229,7 +232,10 @@ async fn read_after(
         match recv(&mut socket).await {
             ServerMessage::Message(delivery) => {
                 assert_eq!(delivery.offset, next);
-                messages.insert(delivery.offset, delivery.payload.as_binary().unwrap().to_vec());
+                messages.insert(
+                    delivery.offset,
+                    delivery.payload.as_binary().unwrap().to_vec(),
+                );
                 next += 1;
             }
             ServerMessage::Gap { range, .. } => {
@@ -273,7 +279,14 @@ async fn run(durability: &str) {
             )));
         }
         let publishers: Vec<_> = (0..2)
-            .map(|client| tokio::spawn(publish_until_killed(broker.addr, token.clone(), cycle, client)))
+            .map(|client| {
+                tokio::spawn(publish_until_killed(
+                    broker.addr,
+                    token.clone(),
+                    cycle,
+                    client,
+                ))
+            })
             .collect();
         for seen in &mut progress {
             tokio::time::timeout(WAIT * 2, seen.wait_for(|count| *count >= SEEN_BEFORE_KILL))
@@ -283,12 +296,22 @@ async fn run(durability: &str) {
         }
         broker.kill().await;
         for publisher in publishers {
-            for (offset, payload) in tokio::time::timeout(WAIT, publisher).await.unwrap().unwrap() {
-                assert!(acked.insert(offset, payload).is_none(), "offset {offset} acked twice");
+            for (offset, payload) in tokio::time::timeout(WAIT, publisher)
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                assert!(
+                    acked.insert(offset, payload).is_none(),
+                    "offset {offset} acked twice"
+                );
             }
         }
         for (slot, subscriber) in cursors.iter_mut().zip(subscribers) {
-            *slot = tokio::time::timeout(WAIT, subscriber).await.unwrap().unwrap();
+            *slot = tokio::time::timeout(WAIT, subscriber)
+                .await
+                .unwrap()
+                .unwrap();
         }
         eprintln!(
             "{durability} cycle {cycle}: {} offsets seen live so far, {} acked, cursors {cursors:?}",
@@ -311,7 +334,10 @@ async fn run(durability: &str) {
     for after in starts {
         let (messages, stream_gaps, complete) = read_after(broker.addr, &token, epoch, after).await;
         if fsync {
-            assert!(stream_gaps.is_empty(), "fsync: no gap after {after}: {stream_gaps:?}");
+            assert!(
+                stream_gaps.is_empty(),
+                "fsync: no gap after {after}: {stream_gaps:?}"
+            );
             assert!(complete);
         } else if !stream_gaps.is_empty() {
             assert!(!complete, "a resume across a gap is not complete");
@@ -320,19 +346,29 @@ async fn run(durability: &str) {
             match messages.get(offset) {
                 Some(stored) => assert_eq!(stored, payload, "offset {offset} kept its payload"),
                 None => assert!(
-                    !fsync && stream_gaps.iter().any(|(from, to)| (from..=to).contains(&offset)),
+                    !fsync
+                        && stream_gaps
+                            .iter()
+                            .any(|(from, to)| (from..=to).contains(&offset)),
                     "offset {offset}, seen live, is neither replayed after {after} nor inside a gap"
                 ),
             }
         }
         if fsync {
             for (offset, payload) in acked.range(after + 1..) {
-                assert_eq!(messages.get(offset), Some(payload), "acked offset {offset} is there");
+                assert_eq!(
+                    messages.get(offset),
+                    Some(payload),
+                    "acked offset {offset} is there"
+                );
             }
         }
     }
     if !fsync {
-        eprintln!("interval: gaps reported to live subscribers: {:?}", gaps.lock().unwrap());
+        eprintln!(
+            "interval: gaps reported to live subscribers: {:?}",
+            gaps.lock().unwrap()
+        );
     }
     broker.terminate().await;
 }

@@ -178,6 +178,11 @@ impl IntoResponse for ApiError {
                 ApiError::Internal { cause } => {
                     tracing::error!(cause = %cause, "admin request failed");
                 }
+                // Reported where they happen (the flusher logs a failing
+                // store once; shutdown is logged): not once per request.
+                ApiError::StoreFailing { .. } | ApiError::Unavailable => {
+                    tracing::debug!(code = self.code(), "admin request refused");
+                }
                 other => tracing::warn!(code = other.code(), "admin request failed"),
             }
         }

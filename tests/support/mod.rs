@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -38,6 +39,8 @@ pub struct Serve {
     pub child: Child,
     /// Its log lines up to and including the one saying it serves.
     pub log: Vec<String>,
+    /// Its log lines after that, as they come.
+    pub later: Arc<Mutex<Vec<String>>>,
     /// The address its WebSocket listener is bound to.
     pub addr: SocketAddr,
 }
@@ -101,13 +104,21 @@ impl Serve {
             Err(_) => panic!("sockeye serve {args:?} did not serve within {WAIT:?}: {log:#?}"),
         }
         // Keep draining the log so the child never blocks on a full pipe.
+        let later = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&later);
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("sockeye[{pid}]: {line}");
+                kept.lock().unwrap().push(line);
             }
         });
         let addr = listen_address(&log, SERVING).expect("the serving line has listen=ADDR");
-        Ok(Self { child, log, addr })
+        Ok(Self {
+            child,
+            log,
+            later,
+            addr,
+        })
     }
 
     /// The process id.

@@ -84,6 +84,14 @@ pub(crate) const RESERVATION: u64 = 16_384;
 /// The journal is rewritten from the live heads once it grows past this.
 const JOURNAL_COMPACT_BYTES: u64 = 8 << 20;
 
+/// Free bytes the store's filesystem needs before a failed store is
+/// reopened: two of sled's segments (it may start a new one while it
+/// recovers) and room for the journal.
+pub const MIN_FREE_BYTES: u64 = 2 * SEGMENT_BYTES + (1 << 20);
+
+/// sled's segment size: large, so single messages stay out of blob files.
+const SEGMENT_BYTES: u64 = 8 << 20;
+
 /// Name of the heads journal in the store directory.
 pub const HEADS_FILE: &str = "sockeye-heads.log";
 
@@ -356,8 +364,7 @@ impl Sled {
             .cache_capacity(config.cache_capacity.as_u64())
             // Our flusher flushes and fsyncs on its own schedule.
             .flush_every_ms(None)
-            // Large segments keep single messages out of separate blob files.
-            .segment_size(8 << 20);
+            .segment_size(SEGMENT_BYTES as usize);
         let db = match dir {
             Some(dir) => sled_config.path(dir).open()?,
             None => sled_config.temporary(true).open()?,
@@ -1040,6 +1047,27 @@ impl Store {
             .lock()
             .expect("no code panics while holding the failure") = Some(error.to_string());
         !self.failing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Fails unless the store's filesystem has room for sled to reopen and
+    /// write ([`MIN_FREE_BYTES`]).
+    pub(crate) fn check_room(&self) -> Result<(), StoreError> {
+        if self.temporary {
+            return Ok(());
+        }
+        let available = fs2::available_space(&self.dir).map_err(io_error(&self.dir))?;
+        if available < MIN_FREE_BYTES {
+            return Err(StoreError::Io {
+                path: self.dir.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!(
+                        "{available} bytes free; waiting for {MIN_FREE_BYTES} before reopening"
+                    ),
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Drops sled and opens it again (sled refuses everything after an I/O

@@ -192,6 +192,7 @@ impl Topics {
                 }
                 Err(err) => {
                     store.mark_failed(store.written(), &err);
+                    tracing::debug!(attempts, cause = %err, "recovering the history store failed");
                     if logged.elapsed() >= STILL_FAILING_LOG_EVERY {
                         logged = Instant::now();
                         tracing::warn!(attempts, cause = %err, "the history store still fails");
@@ -210,6 +211,9 @@ impl Topics {
     /// are gone is damaged and gets a new epoch.
     fn reopen_and_reconcile(self: &Arc<Self>) -> Result<(), StoreError> {
         let store = Arc::clone(&self.store);
+        // sled writes while it opens; opening on a still-full disk can leave
+        // its files corrupt. Wait for room first.
+        store.check_room()?;
         store.reopen()?;
         let found = store.scan()?;
         let entries: Vec<Arc<Topic>> = self.registry_read().values().cloned().collect();
