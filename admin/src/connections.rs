@@ -51,6 +51,9 @@ pub(crate) struct ConnectionView {
     bytes_out: u64,
     /// Frames waiting in its outbound queue.
     queue_depth: u64,
+    /// Bytes of the frames waiting in its outbound queue (bounded by
+    /// `limits.outbound_queue_bytes`).
+    queue_bytes: u64,
 }
 
 impl From<&Peer> for ConnectionView {
@@ -78,6 +81,7 @@ impl From<&Peer> for ConnectionView {
             bytes_in: counters.bytes_in.load(Ordering::Relaxed),
             bytes_out: counters.bytes_out.load(Ordering::Relaxed),
             queue_depth: peer.queue_depth() as u64,
+            queue_bytes: peer.queue_bytes(),
         }
     }
 }

@@ -203,6 +203,10 @@ pub struct LimitsConfig {
     pub max_subscriptions: usize,
     /// Frames queued for one connection before it counts as a slow consumer.
     pub outbound_queue: usize,
+    /// Bytes of frames queued for one connection before it counts as a slow
+    /// consumer (a frame larger than this still passes, alone). With
+    /// `outbound_queue` it bounds what a connection that stops reading pins.
+    pub outbound_queue_bytes: ByteSize,
     /// Publishes awaiting their durable acknowledgement per connection;
     /// beyond it the broker stops reading from that connection until some
     /// are acknowledged.
@@ -398,6 +402,7 @@ impl Default for LimitsConfig {
             max_topic_length: DEFAULT_MAX_TOPIC_BYTES,
             max_subscriptions: 256,
             outbound_queue: 1024,
+            outbound_queue_bytes: ByteSize::mib(4),
             max_pending_acks: 1024,
             publish_rate: 50_000,
             publish_burst: 100_000,
@@ -516,6 +521,14 @@ impl Config {
         }
         if limits.outbound_queue == 0 {
             return Err(invalid("limits.outbound_queue", "must be at least 1"));
+        }
+        if limits.outbound_queue_bytes.as_u64() < 1024
+            || limits.outbound_queue_bytes.as_u64() > u64::from(u32::MAX)
+        {
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                "must be 1 KiB to 4 GiB",
+            ));
         }
         if limits.max_pending_acks == 0 {
             return Err(invalid("limits.max_pending_acks", "must be at least 1"));

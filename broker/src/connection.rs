@@ -24,12 +24,12 @@ use sockeye_protocol::{
     ClientMessage, CloseCode, DecodeError, ErrorCode, MessageError, PROTOCOL_VERSION, Position,
     RequestId, ServerMessage, TopicFilter, TopicName, Welcome, frame,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::Broker;
 use crate::auth::Identity;
-use crate::peer::Peer;
+use crate::peer::{Inbox, Peer};
 use crate::stats::Stats;
 use crate::store::{AckState, DurableMark};
 use crate::topics::{SubscribeError, Subscriber, WriteError};
@@ -109,7 +109,7 @@ pub(crate) struct Session {
     socket: WebSocket,
     /// The receiving end of the outbound queue, once the first
     /// subscription has opened it.
-    inbox: Option<mpsc::Receiver<Bytes>>,
+    inbox: Option<Inbox>,
     identity: Identity,
     held: HashMap<TopicFilter, Held>,
     /// Publish replies waiting for their write to become durable, in write
@@ -397,11 +397,11 @@ impl Session {
                 break;
             };
             match inbox.try_recv() {
-                Ok(frame) => {
+                Some(frame) => {
                     bytes += self.feed_uncounted(frame).await?;
                     frames += 1;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         Stats::add(&self.broker.stats().bytes_out, bytes);
@@ -831,7 +831,7 @@ fn socket_error_ending(err: &axum::Error) -> Ending {
 
 /// The next frame of the outbound queue; never resolves while there is no
 /// queue (no subscription yet).
-async fn recv_queued(inbox: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+async fn recv_queued(inbox: &mut Option<Inbox>) -> Option<Bytes> {
     match inbox {
         Some(inbox) => inbox.recv().await,
         None => std::future::pending().await,

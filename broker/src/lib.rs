@@ -344,6 +344,7 @@ impl Broker {
             remote,
             user_agent,
             self.inner.config.limits.outbound_queue,
+            self.inner.config.limits.outbound_queue_bytes.as_u64(),
         );
         let peer = Arc::new(peer);
         self.peers().insert(id, Arc::clone(&peer));

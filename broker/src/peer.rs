@@ -1,5 +1,6 @@
 //! The shared half of a connection: what fan-out, replays and the admin API
-//! hold to reach a connection, without owning its socket.
+//! hold to reach a connection, without owning its socket, and its outbound
+//! queue, bounded in frames and in bytes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,8 +9,10 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use sockeye_protocol::CloseCode;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Semaphore, TryAcquireError, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// A broker-unique connection id.
@@ -70,22 +73,24 @@ pub struct Peer {
     pub subscriptions: Mutex<Vec<String>>,
     /// The outbound queue, created with the first subscription: a
     /// connection that never subscribes never pays for one.
-    outbox: OnceLock<mpsc::Sender<Bytes>>,
-    /// Capacity of the outbound queue, in frames.
+    outbox: OnceLock<Outbox>,
+    /// Capacity of the outbound queue, in frames and in bytes.
     queue: usize,
+    queue_bytes: u32,
     close: CancellationToken,
     close_reason: Mutex<Option<(CloseCode, String)>>,
 }
 
 impl Peer {
     /// Creates the shared half of a connection whose outbound queue will
-    /// hold `queue` frames.
+    /// hold `queue` frames and `queue_bytes` bytes of them.
     pub(crate) fn new(
         id: ConnId,
         subject: String,
         remote: SocketAddr,
         user_agent: Option<String>,
         queue: usize,
+        queue_bytes: u64,
     ) -> Self {
         Self {
             id,
@@ -97,6 +102,7 @@ impl Peer {
             subscriptions: Mutex::new(Vec::new()),
             outbox: OnceLock::new(),
             queue,
+            queue_bytes: u32::try_from(queue_bytes.max(1)).unwrap_or(u32::MAX),
             close: CancellationToken::new(),
             close_reason: Mutex::new(None),
         }
@@ -105,12 +111,21 @@ impl Peer {
     /// Creates the outbound queue if it does not exist yet and returns its
     /// receiving end; `None` if it already existed. Only the connection's
     /// own session calls this, before its first subscription.
-    pub(crate) fn open_queue(&self) -> Option<mpsc::Receiver<Bytes>> {
+    pub(crate) fn open_queue(&self) -> Option<Inbox> {
         let mut receiver = None;
         self.outbox.get_or_init(|| {
-            let (sender, inbox) = mpsc::channel(self.queue);
-            receiver = Some(inbox);
-            sender
+            let (frames, inbox) = mpsc::channel(self.queue);
+            let bytes = Arc::new(Semaphore::new(self.queue_bytes as usize));
+            receiver = Some(Inbox {
+                frames: inbox,
+                bytes: Arc::clone(&bytes),
+                budget: self.queue_bytes,
+            });
+            Outbox {
+                frames,
+                bytes,
+                budget: self.queue_bytes,
+            }
         });
         receiver
     }
@@ -118,11 +133,7 @@ impl Peer {
     /// Offers a frame without waiting.
     pub fn offer(&self, frame: Bytes) -> Offer {
         match self.outbox.get() {
-            Some(outbox) => match outbox.try_send(frame) {
-                Ok(()) => Offer::Queued,
-                Err(TrySendError::Full(_)) => Offer::Full,
-                Err(TrySendError::Closed(_)) => Offer::Closed,
-            },
+            Some(outbox) => outbox.offer(frame),
             // Nothing is offered to a connection that never subscribed.
             None => Offer::Closed,
         }
@@ -132,16 +143,23 @@ impl Peer {
     /// gone (or has no queue, which no subscribed connection lacks).
     pub async fn send(&self, frame: Bytes) -> Result<(), ConnectionGone> {
         match self.outbox.get() {
-            Some(outbox) => outbox.send(frame).await.map_err(|_| ConnectionGone),
+            Some(outbox) => outbox.send(frame).await,
             None => Err(ConnectionGone),
         }
     }
 
     /// Frames waiting in the outbound queue.
     pub fn queue_depth(&self) -> usize {
-        self.outbox
-            .get()
-            .map_or(0, |outbox| outbox.max_capacity() - outbox.capacity())
+        self.outbox.get().map_or(0, |outbox| {
+            outbox.frames.max_capacity() - outbox.frames.capacity()
+        })
+    }
+
+    /// Bytes of frames waiting in the outbound queue.
+    pub fn queue_bytes(&self) -> u64 {
+        self.outbox.get().map_or(0, |outbox| {
+            u64::from(outbox.budget).saturating_sub(outbox.bytes.available_permits() as u64)
+        })
     }
 
     /// Asks the connection to close with `code`. The first reason wins.
@@ -178,7 +196,7 @@ impl Peer {
 
     /// A handle on the outbound queue, for subscriptions that fan out to
     /// it; `None` before [`Peer::open_queue`].
-    pub(crate) fn outbox(&self) -> Option<mpsc::Sender<Bytes>> {
+    pub(crate) fn outbox(&self) -> Option<Outbox> {
         self.outbox.get().cloned()
     }
 
@@ -188,6 +206,88 @@ impl Peer {
         self.counters
             .bytes_out
             .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// The sending half of a connection's outbound queue: a bounded channel of
+/// frames plus a budget of bytes. A frame takes `min(len, budget)` bytes of
+/// the budget (so one frame larger than the whole budget still passes, alone)
+/// until the session writes it to the socket. A full queue, by either
+/// measure, is what makes a subscriber slow.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    frames: mpsc::Sender<Bytes>,
+    bytes: Arc<Semaphore>,
+    budget: u32,
+}
+
+fn cost(frame: &Bytes, budget: u32) -> u32 {
+    u32::try_from(frame.len()).unwrap_or(u32::MAX).min(budget)
+}
+
+impl Outbox {
+    /// Queues `frame` if it fits now.
+    pub(crate) fn offer(&self, frame: Bytes) -> Offer {
+        let cost = cost(&frame, self.budget);
+        match self.bytes.try_acquire_many(cost) {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::NoPermits) => return Offer::Full,
+            Err(TryAcquireError::Closed) => return Offer::Closed,
+        }
+        match self.frames.try_send(frame) {
+            Ok(()) => Offer::Queued,
+            Err(TrySendError::Full(_)) => {
+                self.bytes.add_permits(cost as usize);
+                Offer::Full
+            }
+            Err(TrySendError::Closed(_)) => Offer::Closed,
+        }
+    }
+
+    /// Queues `frame`, waiting until it fits.
+    pub(crate) async fn send(&self, frame: Bytes) -> Result<(), ConnectionGone> {
+        let cost = cost(&frame, self.budget);
+        self.bytes
+            .acquire_many(cost)
+            .await
+            .map_err(|_| ConnectionGone)?
+            .forget();
+        if self.frames.send(frame).await.is_err() {
+            self.bytes.add_permits(cost as usize);
+            return Err(ConnectionGone);
+        }
+        Ok(())
+    }
+}
+
+/// The receiving half of an outbound queue, owned by the session.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    frames: mpsc::Receiver<Bytes>,
+    bytes: Arc<Semaphore>,
+    budget: u32,
+}
+
+impl Inbox {
+    /// The next frame, waiting for one; `None` once every sender is gone.
+    pub(crate) async fn recv(&mut self) -> Option<Bytes> {
+        let frame = self.frames.recv().await?;
+        self.bytes.add_permits(cost(&frame, self.budget) as usize);
+        Some(frame)
+    }
+
+    /// The next frame if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<Bytes> {
+        let frame = self.frames.try_recv().ok()?;
+        self.bytes.add_permits(cost(&frame, self.budget) as usize);
+        Some(frame)
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        // Wakes replays waiting for room: the connection is gone.
+        self.bytes.close();
     }
 }
 

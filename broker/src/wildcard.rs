@@ -154,6 +154,7 @@ mod tests {
             "127.0.0.1:1".parse().expect("address"),
             None,
             4,
+            4096,
         );
         Arc::new(peer)
     }

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, DamagePolicy, Durability, RetentionRule, SlowConsumerPolicy};
-use crate::peer::{ConnId, Offer, Peer};
+use crate::peer::{ConnId, Offer, Outbox, Peer};
 use crate::replay::{self, ReplayStart};
 use crate::stats::Stats;
 use crate::store::heads::HeadRecord;
@@ -58,7 +58,7 @@ pub(crate) use trimmer::run_trimmer;
 pub(crate) struct Subscriber {
     /// The peer's outbound queue, held directly so that fan-out touches
     /// only the queue, not the rest of the peer.
-    pub(crate) outbox: tokio::sync::mpsc::Sender<Bytes>,
+    pub(crate) outbox: Outbox,
     pub(crate) peer: Arc<Peer>,
     /// Cancelled when the subscription ends; stops its replay, if any.
     pub(crate) cancel: CancellationToken,
@@ -698,7 +698,7 @@ impl Topics {
         let mut delivered = 0;
         let mut index = 0;
         while index < state.live.len() {
-            match offer(&state.live[index].outbox, frame.clone()) {
+            match state.live[index].outbox.offer(frame.clone()) {
                 Offer::Queued => {
                     delivered += 1;
                     index += 1;
@@ -1169,16 +1169,6 @@ pub(crate) fn encode_delivery(
     }
     .encode_body(frame.body_mut());
     frame
-}
-
-/// Offers a frame to a subscriber's queue without waiting.
-fn offer(outbox: &tokio::sync::mpsc::Sender<Bytes>, frame: Bytes) -> Offer {
-    use tokio::sync::mpsc::error::TrySendError;
-    match outbox.try_send(frame) {
-        Ok(()) => Offer::Queued,
-        Err(TrySendError::Full(_)) => Offer::Full,
-        Err(TrySendError::Closed(_)) => Offer::Closed,
-    }
 }
 
 struct StartPlan {
