@@ -10,7 +10,8 @@
 #             nats-server (benchmark smoke against NATS), nginx and haproxy (proxy tests),
 #             procps (`kill`, to stop broker processes), python3-pip
 #   - PyPI:   websockets, msgpack (examples/python/requirements.txt)
-#   - npm:    playwright-core (examples/browser-chat/package-lock.json)
+#   - npm:    playwright-core (examples/browser-chat/package-lock.json and
+#             admin/tests/console/package-lock.json, the operator console's test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,9 @@ if ! python3 -c 'import websockets, msgpack' 2>/dev/null; then
 fi
 if [ ! -d examples/browser-chat/node_modules/playwright-core ]; then
   npm ci --prefix examples/browser-chat --no-audit --no-fund
+fi
+if [ ! -d admin/tests/console/node_modules/playwright-core ]; then
+  npm ci --prefix admin/tests/console --no-audit --no-fund
 fi
 
 # The benchmark smoke drives the sockeye binary as a separate process.

@@ -1,6 +1,6 @@
 //! The Sockeye admin HTTP API: topics, history, publishing over HTTP,
-//! connections, statistics, Prometheus metrics, its OpenAPI 3.1 document and
-//! an offline Swagger UI. It runs on its own listener (`admin.listen`,
+//! connections, statistics, Prometheus metrics, its OpenAPI 3.1 document,
+//! an offline Swagger UI and an operator console. It runs on its own listener (`admin.listen`,
 //! loopback by default) next to the broker's WebSocket listener.
 //!
 //! See `docs/admin.md` for the routes, authentication and curl examples.
@@ -15,6 +15,8 @@
 //! - `metrics`: Prometheus text at `/metrics`, read from the broker's
 //!   counters at scrape time.
 //! - `docs`: `/openapi.json` and the Swagger UI at `/docs`.
+//! - `console`: the operator console at `/console`, a static page that
+//!   uses the API from the browser.
 //!
 //! Every route is registered together with its OpenAPI description (through
 //! `utoipa-axum`), so the document and the router cannot drift apart.
@@ -33,6 +35,7 @@
 
 mod auth;
 mod connections;
+mod console;
 mod docs;
 pub mod error;
 mod health;
@@ -98,7 +101,10 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(docs::openapi_json))
         .routes(routes!(docs::docs_redirect))
         .routes(routes!(docs::docs_index))
-        .routes(routes!(docs::docs_file));
+        .routes(routes!(docs::docs_file))
+        .routes(routes!(console::console_redirect))
+        .routes(routes!(console::console_index))
+        .routes(routes!(console::console_asset));
     (protected, public)
 }
 

@@ -5,6 +5,7 @@
 mod auth;
 mod browser;
 mod connections;
+mod console;
 mod openapi;
 mod stats;
 mod support;

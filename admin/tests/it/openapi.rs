@@ -102,6 +102,7 @@ fn concrete(template: &str, connection: u64) -> String {
         .replace("{topic}", "docs.topic")
         .replace("{id}", &connection.to_string())
         .replace("{file}", "swagger-ui.css")
+        .replace("{asset}", "console.js")
 }
 
 fn request_for(server: &TestServer, method: &str, path: &str) -> reqwest::RequestBuilder {
