@@ -2,7 +2,7 @@
 // deflate both ways with an inflate cap, and 64-bit integers as numbers.
 
 import { Decoder, Encoder } from "@msgpack/msgpack";
-import { fail, type SockeyeError } from "./errors.js";
+import { fail, SockeyeError } from "./errors.js";
 
 type Fallback = typeof import("./fallback.js");
 
@@ -98,7 +98,8 @@ export async function open(frame: Uint8Array, cap: number): Promise<Uint8Array> 
       ? await drain(new DecompressionStream("deflate-raw"), body, cap)
       : (await loadFallback()).inflate(body, cap);
   } catch (error) {
-    if ((error as SockeyeError).code) throw error;
+    // Node's zlib errors carry a `code` of their own: only ours pass.
+    if (error instanceof SockeyeError) throw error;
     throw fail("malformed_frame", `corrupt deflate stream: ${(error as Error).message}`);
   }
   if (!inflated) throw fail("frame_too_large", `a compressed frame inflates past ${cap} bytes`);
