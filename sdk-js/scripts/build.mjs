@@ -6,7 +6,7 @@
 // Run with: npm run build
 
 import { execFileSync } from "node:child_process";
-import { copyFileSync, rmSync } from "node:fs";
+import { copyFileSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { build } from "esbuild";
 
 const root = new URL("..", import.meta.url).pathname;
@@ -47,6 +47,15 @@ await build({
   chunkNames: "[name]",
   mainFields: ["module", "main"],
 });
+
+// The minified bundle carries code of @msgpack/msgpack and fflate: their
+// licences travel with it.
+writeFileSync(
+  "dist/browser/LICENSES.txt",
+  ["@msgpack/msgpack", "fflate"]
+    .map((name) => `${name}\n\n${readFileSync(`node_modules/${name}/LICENSE`, "utf8").trim()}\n`)
+    .join("\n---\n\n"),
+);
 
 execFileSync(
   process.execPath,

@@ -440,8 +440,9 @@ export class Client<Topics extends TopicMap = TopicMap> extends Emitter<ClientEv
       if (Date.now() - this._lastHeard > this._silence) this._drop(ws, `nothing received for ${this._silence} ms`);
       else this._control({ type: "ping" });
     }, this._pingEvery);
-    this._setState({ state: "connected", connectionId: welcome.connection_id, subject: welcome.subject });
+    // Subscriptions are asked for before anyone hears of the connection.
     for (const sub of this._subs) this._sendSubscribe(sub);
+    this._setState({ state: "connected", connectionId: welcome.connection_id, subject: welcome.subject });
     this._pump();
   }
 
