@@ -175,7 +175,9 @@ export class Client<Topics extends TopicMap = TopicMap> extends Emitter<ClientEv
   private _inboxBytes = 0;
   private _reading = false;
   private _refreshing = false;
-  private _wakeUp = (): void => this._onWake();
+  private _wakeUp = (event: Event): void => {
+    if (event.type === "online" || (globalThis as any).document?.visibilityState !== "hidden") this._onWake();
+  };
   private _done: Promise<void>;
   private _finished!: () => void;
 
@@ -411,8 +413,6 @@ export class Client<Topics extends TopicMap = TopicMap> extends Emitter<ClientEv
 
   /** `online` or `visibilitychange`: reconnect now if waiting, or if the socket went stale. */
   private _onWake(): void {
-    const g = globalThis as any;
-    if (g.document?.visibilityState === "hidden") return;
     if (this._timer && this.state.state === "reconnecting") {
       clearTimeout(this._timer);
       this._connect();
@@ -546,7 +546,7 @@ export class Client<Topics extends TopicMap = TopicMap> extends Emitter<ClientEv
       return this._unreadable(ws, fail("malformed_frame", "the broker sent a text frame"));
     }
     const frame = new Uint8Array(data);
-    if (!this._reading && frame[0] === 0) return this._handle(ws, frame.subarray(1), frame.length);
+    if (!this._reading && frame[0] === 0) return this._handle(ws, frame.subarray(1));
     this._inboxBytes += frame.length;
     if (this._inboxBytes > this._o.maxInboxBytes) return this._drop(ws, "frames arrive faster than they can be read");
     this._inbox.push(frame);
@@ -568,7 +568,7 @@ export class Client<Topics extends TopicMap = TopicMap> extends Emitter<ClientEv
         this._unreadable(ws, error as SockeyeError);
         break;
       }
-      if (this._ws === ws) this._handle(ws, body, frame.length);
+      if (this._ws === ws) this._handle(ws, body);
     }
     this._reading = false;
   }
@@ -579,7 +579,7 @@ export class Client<Topics extends TopicMap = TopicMap> extends Emitter<ClientEv
     this._drop(ws, error.message);
   }
 
-  private _handle(ws: WebSocketLike, body: Uint8Array, size: number): void {
+  private _handle(ws: WebSocketLike, body: Uint8Array): void {
     let m: Record<string, any>;
     try {
       m = decodeBody(body);
@@ -595,7 +595,8 @@ export class Client<Topics extends TopicMap = TopicMap> extends Emitter<ClientEv
         if (typeof topic !== "string" || !isNumber(epoch) || !isNumber(offset)) {
           return this._unreadable(ws, fail("malformed_frame", "a message frame without topic, epoch or offset"));
         }
-        return this._route(topic)?._deliver({ topic, epoch, offset, ts, publisher, payload } as Message, size);
+        // Buffers count the inflated body: that is the memory held.
+        return this._route(topic)?._deliver({ topic, epoch, offset, ts, publisher, payload } as Message, body.length);
       }
       case "gap":
         return this._route(m.topic)?._gap(m.topic, m.epoch, m.from, m.to);
