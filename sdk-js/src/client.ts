@@ -309,6 +309,7 @@ export class Client<Topics extends TopicMap = TopicMap> extends Emitter<ClientEv
 
   private async _connect(): Promise<void> {
     this._timer = undefined;
+    if (this._closing) return;
     this._setState({ state: "connecting", attempt: this._failures });
     let token: string;
     try {
@@ -343,8 +344,9 @@ export class Client<Topics extends TopicMap = TopicMap> extends Emitter<ClientEv
     const hint = code === 1001 ? /retry_after_ms=(\d+)/.exec(reason ?? "") : null;
     const ceiling = Math.min(backoff.max, backoff.initial * Math.max(1, backoff.multiplier) ** attempt);
     const delay = hint ? Math.min(backoff.max, Number(hint[1])) : Math.random() * ceiling;
-    this._setState({ state: "reconnecting", attempt: this._failures, delay, cause, code, reason });
+    // Armed before the state is announced: a listener may close the client.
     this._timer = setTimeout(() => this._connect(), delay);
+    this._setState({ state: "reconnecting", attempt: this._failures, delay, cause, code, reason });
   }
 
   /** Drops a connection the client gave up on (silent, unreadable, too slow to read). */
