@@ -19,6 +19,23 @@ export const BIN = process.env.SOCKEYE_BIN ?? join(repo, "target/debug/sockeye")
 /** Bound on each wait for a process; a hang detector, not a speed requirement. */
 const WAIT = 30_000;
 
+// Brokers not disposed of when this process ends (a test runner's timeout,
+// Ctrl-C) are killed with it, by PID, and their directories removed.
+const live = new Set();
+const killRunning = () => {
+  for (const broker of live) {
+    if (broker.child?.exitCode === null && broker.child?.signalCode === null) broker.child.kill("SIGKILL");
+    rmSync(broker.dir, { recursive: true, force: true });
+  }
+};
+process.once("exit", killRunning);
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.once(signal, () => {
+    killRunning();
+    process.exit(128 + (signal === "SIGINT" ? 2 : 15));
+  });
+}
+
 /** The configuration every SDK test broker runs with; `extra` TOML is put first. */
 export function config(extra = "") {
   return `${extra}
@@ -59,6 +76,7 @@ export class Broker {
     this.configFile = join(this.dir, "sockeye.toml");
     writeFileSync(this.configFile, configText);
     this.dataDir = join(this.dir, "data");
+    live.add(this);
     this.child = undefined;
     this.addr = undefined;
   }
@@ -126,6 +144,7 @@ export class Broker {
     if (this.child?.exitCode === null && this.child?.signalCode === null) this.signal("SIGCONT");
     await this.stop();
     rmSync(this.dir, { recursive: true, force: true });
+    live.delete(this);
   }
 }
 
