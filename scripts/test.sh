@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: unit, integration, doc tests, and the
-# examples in other languages (Python client, browser chat in headless
-# Chromium, admin calls with curl).
+# Runs every test of the workspace: unit, integration, doc tests, the
+# TypeScript SDK (sdk-js: build, type check, size budget, its tests in Node
+# and headless Chromium), and the examples in other languages (Python
+# client, browser chat in headless Chromium, admin calls with curl).
 #
 # Tests drive a few programs besides our own code. On a fresh Debian machine
 # this script installs whichever are missing first (needs root, and access to
@@ -11,7 +12,8 @@
 #             procps (`kill`, to stop broker processes), python3-pip
 #   - PyPI:   websockets, msgpack (examples/python/requirements.txt)
 #   - npm:    playwright-core (examples/browser-chat/package-lock.json and
-#             admin/tests/console/package-lock.json, the operator console's test)
+#             admin/tests/console/package-lock.json, the operator console's test);
+#             sdk-js's runtime and build dependencies (sdk-js/package-lock.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +45,21 @@ if [ ! -d admin/tests/console/node_modules/playwright-core ]; then
   npm ci --prefix admin/tests/console --no-audit --no-fund
 fi
 
-# The benchmark smoke drives the sockeye binary as a separate process.
+# The benchmark smoke drives the sockeye binary as a separate process, and
+# so do the SDK's tests.
 cargo build -p sockeye
+
+# The TypeScript SDK, from its lockfile (again whenever the lockfile is newer
+# than the installed tree).
+if [ ! -f sdk-js/node_modules/.package-lock.json ] ||
+  [ sdk-js/package-lock.json -nt sdk-js/node_modules/.package-lock.json ]; then
+  npm ci --prefix sdk-js --no-audit --no-fund
+fi
+npm run --prefix sdk-js build
+npm run --prefix sdk-js typecheck
+# The minified + gzipped core must stay within 13 KB.
+npm run --prefix sdk-js size
+npm test --prefix sdk-js
+
 cargo test --workspace --all-targets
 cargo test --workspace --doc
