@@ -21,6 +21,12 @@ pub const SUBPROTOCOL_TOKEN_PREFIX: &str = "bearer.";
 /// File in the data directory holding the generated development secret.
 pub const DEV_SECRET_FILE: &str = "dev-secret";
 
+/// The latest expiry the broker represents, in unix seconds: 2^53 - 1
+/// milliseconds after the epoch, rounded down to a second (in the year
+/// 287396), so `welcome.token_expires_at` always fits a JavaScript number.
+/// A token whose `exp` is later counts as expiring then.
+pub const MAX_EXPIRY_SECS: u64 = ((1 << 53) - 1) / 1000;
+
 /// The claims Sockeye reads from (and writes into) a token.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -302,6 +308,12 @@ fn parse_filters(filters: &[String], max: usize) -> Result<Vec<TopicFilter>, Str
         .collect()
 }
 
+/// The wall-clock time of an `exp` claim, saturated at [`MAX_EXPIRY_SECS`]
+/// so that no later arithmetic on it can overflow.
+fn expiry_time(exp: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(exp.min(MAX_EXPIRY_SECS))
+}
+
 /// Seconds since the unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -451,7 +463,7 @@ impl Authenticator {
         };
         Ok(Identity {
             subject: claims.sub,
-            expires_at: claims.exp.map(|exp| UNIX_EPOCH + Duration::from_secs(exp)),
+            expires_at: claims.exp.map(expiry_time),
             permissions,
             admin: claims.admin,
         })

@@ -618,6 +618,11 @@ impl Config {
             }
         }
         let auth = &self.auth;
+        // The verifier subtracts the leeway from the current unix time; an
+        // hour already forgives any clock a host could plausibly keep.
+        if auth.leeway > Duration::from_secs(3600) {
+            return Err(invalid("auth.leeway", "must be at most 1h"));
+        }
         if auth.algorithm.is_hmac() {
             if auth.secret.is_some() && auth.secret_file.is_some() {
                 return Err(invalid(

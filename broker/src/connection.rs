@@ -27,12 +27,12 @@ use sockeye_protocol::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::Broker;
 use crate::auth::Identity;
 use crate::peer::{Inbox, Peer};
 use crate::stats::Stats;
 use crate::store::{AckState, DurableMark};
 use crate::topics::{SubscribeError, Subscriber, WriteError};
+use crate::{Admission, Broker};
 
 /// Frames written per drain of the outbound queue before one flush.
 const DRAIN_BATCH: usize = 256;
@@ -123,19 +123,30 @@ pub(crate) struct Session {
     warned_expiry: bool,
     /// Cancelled when the session ends; parent of every subscription token.
     ended: CancellationToken,
+    /// The connection's slot, released when the session is dropped (after
+    /// [`Session`]'s own `Drop` has removed its subscriptions).
+    _admission: Admission,
 }
 
+/// Unix milliseconds of `time`, saturating (token expiries are already
+/// bounded by [`crate::auth::MAX_EXPIRY_SECS`], far below the limit).
 fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// Where a deadline the monotonic clock cannot represent is put instead: the
+/// timer then fires early, finds the moment not come yet, and is set again.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Converts a wall-clock deadline to a monotonic one.
 fn deadline(at: SystemTime) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     match at.duration_since(SystemTime::now()) {
-        Ok(remaining) => now + remaining,
+        Ok(remaining) => now
+            .checked_add(remaining)
+            .unwrap_or_else(|| now + FAR_FUTURE),
         Err(_) => now,
     }
 }
@@ -161,6 +172,7 @@ fn decode_error_code(error: &DecodeError) -> ErrorCode {
 impl Session {
     pub(crate) fn new(
         broker: Broker,
+        admission: Admission,
         peer: Arc<Peer>,
         socket: WebSocket,
         identity: Identity,
@@ -188,6 +200,7 @@ impl Session {
             last_heard: Instant::now(),
             warned_expiry: false,
             ended,
+            _admission: admission,
         }
     }
 
@@ -459,7 +472,9 @@ impl Session {
                 "token expired; reconnect with a fresh token".into(),
             )));
         }
-        if !self.warned_expiry {
+        let warning = self.broker.config().auth.expiry_warning;
+        let warn_from = expires_at.checked_sub(warning).unwrap_or(UNIX_EPOCH);
+        if !self.warned_expiry && SystemTime::now() >= warn_from {
             self.warned_expiry = true;
             self.reply(&ServerMessage::TokenExpiring {
                 expires_at: unix_ms(expires_at),
@@ -546,7 +561,11 @@ impl Session {
                 payload,
                 ack,
             } => self.publish(id, topic, &payload, ack),
-            ClientMessage::Ping { id } => Ok(Some(self.encode(&ServerMessage::Pong { id }))),
+            ClientMessage::Ping { id } => {
+                #[cfg(feature = "test-hooks")]
+                self.broker.panic_if_armed(self.peer.id);
+                Ok(Some(self.encode(&ServerMessage::Pong { id })))
+            }
             ClientMessage::Refresh { id, token } => self.refresh(id, &token).map(Some),
             _ => Ok(None),
         };
@@ -767,8 +786,8 @@ impl Session {
         Ok(self.encode(&ServerMessage::Refreshed { id, expires_at }))
     }
 
-    /// Sends the close frame (if any), waits briefly for the client's reply,
-    /// and releases everything the connection held.
+    /// Sends the close frame (if any) and waits briefly for the client's
+    /// reply; dropping the session then releases what the connection held.
     async fn finish(mut self, ending: Ending) {
         if let Ending::Close(code, reason) = ending {
             tracing::debug!(code = code.code(), reason = %reason, "closing connection");
@@ -785,11 +804,18 @@ impl Session {
                 .await;
             }
         }
+    }
+}
+
+/// The release of everything a connection held, whichever way its session
+/// ends: a close, a socket error, or a panic (the runtime drops the task's
+/// future after catching it). The admission is dropped right after this.
+impl Drop for Session {
+    fn drop(&mut self) {
         self.ended.cancel();
         for (filter, held) in std::mem::take(&mut self.held) {
             self.drop_subscription(&filter, &held);
         }
-        self.broker.unregister(self.peer.id);
     }
 }
 

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -87,19 +86,18 @@ async fn upgrade(
     if broker.is_draining() {
         return unavailable("the broker is shutting down", 5);
     }
-    // Admission control: count the connection now; the session releases it.
-    let open = stats.connections.fetch_add(1, Ordering::AcqRel);
-    if open >= config.server.max_connections as u64 {
-        stats.connections.fetch_sub(1, Ordering::AcqRel);
+    // Admission control: the guard counts the connection now and gives
+    // everything back when it is dropped: by the session when it ends,
+    // however it ends, or here on a refusal or a failed upgrade.
+    let Some(mut admission) = broker.admit() else {
         Stats::add(&stats.connections_refused, 1);
         return unavailable("the broker is at its connection limit", 1);
-    }
+    };
     let remote = SocketAddr::new(
         client_ip(remote, &headers, &config.server.trusted_proxies),
         remote.port(),
     );
-    if !broker.claim_ip_slot(remote.ip()) {
-        stats.connections.fetch_sub(1, Ordering::AcqRel);
+    if !admission.claim_ip(remote.ip()) {
         Stats::add(&stats.per_ip_refused, 1);
         let mut response = refuse(
             StatusCode::TOO_MANY_REQUESTS,
@@ -120,7 +118,7 @@ async fn upgrade(
         .get(header::USER_AGENT)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let peer = broker.register(identity.subject.clone(), remote, user_agent);
+    let peer = admission.register(identity.subject.clone(), remote, user_agent);
     let max_frame = config.limits.max_frame_size.as_u64() as usize;
     let write_buffer = config.websocket.write_buffer.as_u64() as usize;
     let tracker = broker.connection_tracker();
@@ -133,20 +131,15 @@ async fn upgrade(
         .max_write_buffer_size(write_buffer + 2 * max_frame + 4096)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
-        .on_failed_upgrade({
-            let broker = broker.clone();
-            let id = peer.id;
-            move |error| {
-                tracing::debug!(cause = %error, "upgrade failed");
-                broker.unregister(id);
-            }
-        })
+        // On failure axum drops the `on_upgrade` callback, and with it the
+        // admission.
+        .on_failed_upgrade(|error| tracing::debug!(cause = %error, "upgrade failed"))
         .on_upgrade(move |socket| {
             use tracing::Instrument;
             tracker.track_future(
                 async move {
                     tracing::debug!("connected");
-                    Session::new(session_broker, peer, socket, identity)
+                    Session::new(session_broker, admission, peer, socket, identity)
                         .run()
                         .await;
                     tracing::debug!("disconnected");

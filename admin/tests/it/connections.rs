@@ -164,3 +164,63 @@ async fn disconnect_has_a_default_reason_and_bounds_it() {
         (4001, "disconnected by an operator".into())
     );
 }
+
+#[tokio::test]
+async fn a_session_that_panics_releases_its_connection_slot() {
+    // One connection in all, and one per address: a leaked slot would refuse
+    // the next client.
+    let server = TestServer::start_with(|config| {
+        config.server.max_connections = 1;
+        config.server.max_connections_per_ip = 1;
+    })
+    .await;
+    let mut doomed = server.ws_client("doomed", "test-agent").await;
+    doomed.subscribe("doomed.topic").await;
+    let id = doomed.connection_id;
+    let (_, stats) = server.get("/v1/stats").await;
+    assert_eq!(
+        (&stats["connections"], &stats["subscriptions"]),
+        (&json!(1), &json!(1))
+    );
+
+    assert!(
+        server
+            .broker
+            .panic_session_at_next_ping(sockeye_broker::ConnId(id))
+    );
+    doomed
+        .send(&sockeye_protocol::ClientMessage::Ping { id: 99 })
+        .await;
+    // The session died without a close handshake: the socket just ends.
+    assert_eq!(doomed.ended().await, None);
+
+    eventually("the connection to leave the admin API", || async {
+        let (status, _) = server.get(&format!("/v1/connections/{id}")).await;
+        (status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    let (_, page) = server.get("/v1/connections").await;
+    assert_eq!(page, json!({"items": [], "next": null}));
+    let (_, stats) = server.get("/v1/stats").await;
+    assert_eq!(
+        (&stats["connections"], &stats["subscriptions"]),
+        (&json!(0), &json!(0))
+    );
+    let metrics = server
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|line| line == "sockeye_connections 0"),
+        "{metrics}"
+    );
+    // The same address gets in again, under both caps.
+    let mut again = server.ws_client("again", "test-agent").await;
+    again.subscribe("doomed.topic").await;
+    server.publish("doomed.topic", json!("still served")).await;
+    assert_eq!(again.delivery().await.topic, "doomed.topic");
+}

@@ -291,6 +291,34 @@ impl WsClient {
         }
     }
 
+    /// Sends one request without waiting for anything.
+    pub(crate) async fn send(&mut self, request: &ClientMessage) {
+        self.ws
+            .send(Message::Binary(
+                request.encode_frame(&Compression::default()),
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the connection ends, reading past anything else; returns
+    /// the close frame if one came.
+    pub(crate) async fn ended(&mut self) -> Option<(u16, String)> {
+        let mut close = None;
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("the connection ends in time");
+            match next {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    close = Some((u16::from(code), reason.to_string()));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return close,
+            }
+        }
+    }
+
     /// Waits for the broker's close frame and returns `(code, reason)`.
     pub(crate) async fn closed(&mut self) -> (u16, String) {
         loop {

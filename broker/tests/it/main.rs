@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
 mod bad_input;
+mod claims;
 mod disk;
 mod handshake;
 mod history;
