@@ -249,7 +249,7 @@ impl Session {
         let config = Arc::clone(self.broker.config());
         let write_timeout = config.heartbeat.timeout;
         let welcome = ServerMessage::Welcome(Welcome {
-            connection_id: self.peer.id.to_string(),
+            connection_id: self.peer.id.0,
             version: PROTOCOL_VERSION,
             subject: self.identity.subject.clone(),
             heartbeat_interval_ms: config.heartbeat.interval.as_millis() as u64,

@@ -224,3 +224,39 @@ async fn a_session_that_panics_releases_its_connection_slot() {
     server.publish("doomed.topic", json!("still served")).await;
     assert_eq!(again.delivery().await.topic, "doomed.topic");
 }
+
+#[tokio::test]
+async fn the_welcome_carries_the_admin_apis_connection_id_as_an_integer() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let server = TestServer::start().await;
+    let mut request = format!("ws://{}/ws", server.ws_addr)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", server.token("raw", false))
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let frame = tokio::time::timeout(crate::support::WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_data();
+    // Read the body as any MessagePack map would be, not with our codec.
+    let body = sockeye_protocol::frame::open(&frame, 1 << 20).unwrap();
+    let welcome: Value = rmp_serde::from_slice(&body).unwrap();
+    assert_eq!(welcome["type"], "welcome");
+    let id = welcome["connection_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("connection_id is not an unsigned integer: {welcome}"));
+    let (_, page) = server.get("/v1/connections").await;
+    assert_eq!(ids(&page), [id]);
+    let (status, one) = server.get(&format!("/v1/connections/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["sub"], "raw");
+}

@@ -216,7 +216,7 @@ impl WsClient {
         };
         match client.recv().await {
             ServerMessage::Welcome(welcome) => {
-                client.connection_id = welcome.connection_id.parse().unwrap();
+                client.connection_id = welcome.connection_id;
             }
             other => panic!("expected welcome, got {other:?}"),
         }
