@@ -260,6 +260,13 @@ pub struct WebSocketConfig {
     pub compression_threshold: ByteSize,
     /// Deflate level, 0-9.
     pub compression_level: u32,
+    /// After the broker sends a close frame, how long it keeps reading and
+    /// discarding what the client still sends before closing the TCP
+    /// connection (0: close at once). Closing with unread data makes the
+    /// kernel send a reset, which can destroy the close frame in flight:
+    /// the client of an oversized frame would see 1006 instead of 1009.
+    #[serde(with = "humantime_serde")]
+    pub close_linger: Duration,
 }
 
 /// How acknowledged publishes are made durable.
@@ -428,6 +435,7 @@ impl Default for WebSocketConfig {
             write_buffer: ByteSize::kib(16),
             compression_threshold: ByteSize::kib(1),
             compression_level: 1,
+            close_linger: Duration::from_secs(2),
         }
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
+use crate::linger::CloseLinger;
 use crate::peer::{Inbox, Peer};
 use crate::stats::Stats;
 use crate::store::{AckState, DurableMark};
@@ -98,6 +99,10 @@ enum Event {
 enum Ending {
     /// Close with this code and reason.
     Close(CloseCode, String),
+    /// Close with this code and reason after a frame the WebSocket layer
+    /// could not read (too large, or broken): nothing more is read through
+    /// it, and the raw socket is drained instead (`websocket.close_linger`).
+    Abort(CloseCode, String),
     /// The client closed, or the socket failed: nothing more to send.
     Gone,
 }
@@ -123,6 +128,9 @@ pub(crate) struct Session {
     warned_expiry: bool,
     /// Cancelled when the session ends; parent of every subscription token.
     ended: CancellationToken,
+    /// Makes the socket drain after the close (absent when the router is
+    /// served by someone else's HTTP server).
+    linger: Option<CloseLinger>,
     /// The connection's slot, released when the session is dropped (after
     /// [`Session`]'s own `Drop` has removed its subscriptions).
     _admission: Admission,
@@ -176,6 +184,7 @@ impl Session {
         peer: Arc<Peer>,
         socket: WebSocket,
         identity: Identity,
+        linger: Option<CloseLinger>,
     ) -> Self {
         let config = broker.config();
         let rate = rate_limiter(config.limits.publish_rate, config.limits.publish_burst);
@@ -200,6 +209,7 @@ impl Session {
             last_heard: Instant::now(),
             warned_expiry: false,
             ended,
+            linger,
             _admission: admission,
         }
     }
@@ -787,22 +797,29 @@ impl Session {
     }
 
     /// Sends the close frame (if any) and waits briefly for the client's
-    /// reply; dropping the session then releases what the connection held.
+    /// reply; dropping the session then releases what the connection held,
+    /// and the socket, asked to linger, drains what the client still sends.
     async fn finish(mut self, ending: Ending) {
-        if let Ending::Close(code, reason) = ending {
-            tracing::debug!(code = code.code(), reason = %reason, "closing connection");
-            let close = Message::Close(Some(CloseFrame {
-                code: code.code(),
-                reason: reason.into(),
-            }));
-            let sent = tokio::time::timeout(CLOSE_REPLY_WAIT, self.socket.send(close)).await;
-            if matches!(sent, Ok(Ok(()))) {
-                // Read until the client's close reply ends the stream.
-                let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
-                    while let Some(Ok(_)) = self.socket.next().await {}
-                })
-                .await;
-            }
+        let (code, reason, readable) = match ending {
+            Ending::Close(code, reason) => (code, reason, true),
+            Ending::Abort(code, reason) => (code, reason, false),
+            Ending::Gone => return,
+        };
+        tracing::debug!(code = code.code(), reason = %reason, "closing connection");
+        if let Some(linger) = &self.linger {
+            linger.request(self.broker.config().websocket.close_linger);
+        }
+        let close = Message::Close(Some(CloseFrame {
+            code: code.code(),
+            reason: reason.into(),
+        }));
+        let sent = tokio::time::timeout(CLOSE_REPLY_WAIT, self.socket.send(close)).await;
+        if readable && matches!(sent, Ok(Ok(()))) {
+            // Read until the client's close reply ends the stream.
+            let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+                while let Some(Ok(_)) = self.socket.next().await {}
+            })
+            .await;
         }
     }
 }
@@ -841,15 +858,15 @@ fn socket_error_ending(err: &axum::Error) -> Ending {
     let source = err.source();
     let tungstenite = source.and_then(|source| source.downcast_ref::<tungstenite::Error>());
     match tungstenite {
-        Some(tungstenite::Error::Capacity(capacity)) => Ending::Close(
+        Some(tungstenite::Error::Capacity(capacity)) => Ending::Abort(
             CloseCode::MessageTooBig,
             format!("frame too large: {capacity}"),
         ),
         Some(tungstenite::Error::Protocol(protocol)) => {
-            Ending::Close(CloseCode::ProtocolError, protocol.to_string())
+            Ending::Abort(CloseCode::ProtocolError, protocol.to_string())
         }
         Some(tungstenite::Error::Utf8(_)) => {
-            Ending::Close(CloseCode::InvalidPayload, "invalid UTF-8".into())
+            Ending::Abort(CloseCode::InvalidPayload, "invalid UTF-8".into())
         }
         _ => Ending::Gone,
     }

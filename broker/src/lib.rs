@@ -9,6 +9,8 @@
 //!   upgrade with its admission checks (origin, rates, per-IP, capacity),
 //!   `/healthz`, graceful shutdown; [`serve_http`] for the admin listener.
 //! - [`tls`]: certificates for `wss://`, reloaded in place.
+//! - `linger`: draining a socket for a bounded time after a close frame, so
+//!   the client reads the close instead of a reset.
 //! - `connection`: one task per connection: requests, replies, deliveries,
 //!   heartbeats, token expiry, close codes.
 //! - [`peer`]: the shared half of a connection (outbound queue, counters,
@@ -33,6 +35,7 @@
 pub mod auth;
 pub mod config;
 mod connection;
+mod linger;
 pub mod peer;
 mod replay;
 mod server;

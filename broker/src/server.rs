@@ -23,6 +23,7 @@ use tower::ServiceExt;
 use crate::Broker;
 use crate::auth::token_from_request;
 use crate::connection::Session;
+use crate::linger::{CloseLinger, LingeringIo};
 use crate::stats::Stats;
 
 /// The JSON body of a refused handshake.
@@ -53,6 +54,7 @@ async fn upgrade(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(query): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
+    linger: Option<axum::Extension<CloseLinger>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let started = Instant::now();
@@ -119,6 +121,7 @@ async fn upgrade(
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
     let peer = admission.register(identity.subject.clone(), remote, user_agent);
+    let linger = linger.map(|axum::Extension(linger)| linger);
     let max_frame = config.limits.max_frame_size.as_u64() as usize;
     let write_buffer = config.websocket.write_buffer.as_u64() as usize;
     let tracker = broker.connection_tracker();
@@ -139,7 +142,7 @@ async fn upgrade(
             tracker.track_future(
                 async move {
                     tracing::debug!("connected");
-                    Session::new(session_broker, admission, peer, socket, identity)
+                    Session::new(session_broker, admission, peer, socket, identity, linger)
                         .run()
                         .await;
                     tracing::debug!("disconnected");
@@ -304,13 +307,15 @@ pub async fn serve_http(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service =
-            router
-                .clone()
-                .map_request(move |mut request: Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(remote));
-                    request
-                });
+        let linger = CloseLinger::default();
+        let service = router.clone().map_request({
+            let linger = linger.clone();
+            move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(remote));
+                request.extensions_mut().insert(linger.clone());
+                request
+            }
+        });
         let stop = stop_http.clone();
         let options = options.clone();
         http_tasks.spawn(async move {
@@ -321,7 +326,10 @@ pub async fn serve_http(
             };
             let started = tokio::time::Instant::now();
             match options.tls.clone() {
-                None => serve_connection(stream, service, &options, stop, count).await,
+                None => {
+                    let io = LingeringIo::new(stream, linger);
+                    serve_connection(io, service, &options, stop, count).await;
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream))
                         .await
@@ -335,7 +343,8 @@ pub async fn serve_http(
                                 handshake_timeout: remaining,
                                 ..options.clone()
                             };
-                            serve_connection(tls, service, &options, stop, count).await;
+                            let io = LingeringIo::new(tls, linger);
+                            serve_connection(io, service, &options, stop, count).await;
                         }
                         Ok(Err(err)) => {
                             count(|stats| &stats.tls_failures);
