@@ -30,7 +30,29 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Dependencies whose `debug` and `trace` events can show what crosses the
+/// wire: tungstenite dumps every frame's payload at `trace` (a `refresh`
+/// frame holds a token), and the HTTP stack may print request heads
+/// (`Authorization`, `?token=`). Their events above `info` are dropped
+/// whatever `RUST_LOG` says, so no level logs a token.
+const CAPPED_TARGETS: [&str; 10] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "axum",
+    "axum_core",
+    "tower",
+    "rustls",
+    "tokio_rustls",
+];
+
 fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let requested = std::env::var("RUST_LOG").unwrap_or_default();
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -40,9 +62,15 @@ fn init_logging() {
     if !requested.contains("sled") {
         filter = filter.add_directive("sled=off".parse().expect("`sled=off` is a valid directive"));
     }
+    // A second, fixed filter: an event is logged only if both let it pass.
+    let cap = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(CAPPED_TARGETS.map(|target| (target, LevelFilter::INFO)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .finish()
+        .with(cap)
         .init();
 }
 
