@@ -77,6 +77,7 @@ fn init_logging() {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = settings::load(&args.common, args.overrides())?;
+    warn_of_ephemeral_topics(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -189,6 +190,27 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
             std::future::pending::<()>().await;
         }
     })
+}
+
+/// Says loudly when some topics will keep no history because of the
+/// retention rules: `[[retention]]` entries in a file replace the built-in
+/// rule (`pattern = ">"`, stored) instead of being added to it, so one rule
+/// for `chat.>` alone leaves every other topic live-only.
+fn warn_of_ephemeral_topics(config: &sockeye_broker::Config) {
+    if config.retention.iter().any(|rule| rule.pattern == ">") {
+        return;
+    }
+    let patterns: Vec<&str> = config
+        .retention
+        .iter()
+        .map(|rule| rule.pattern.as_str())
+        .collect();
+    tracing::warn!(
+        rules = ?patterns,
+        "no retention rule has pattern \">\": topics that match none of these are ephemeral \
+         (live only, no history, no resume); [[retention]] rules replace the built-in one, \
+         so add a last rule with pattern = \">\" to store the others"
+    );
 }
 
 #[allow(clippy::print_stdout, reason = "the token is the command's output")]

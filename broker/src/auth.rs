@@ -17,6 +17,9 @@ use crate::config::{Algorithm, AuthConfig};
 /// Prefix of a token carried as a `Sec-WebSocket-Protocol` entry.
 pub const SUBPROTOCOL_TOKEN_PREFIX: &str = "bearer.";
 
+/// The shortest HS* secret accepted, inline or in a file: 256 bits.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// File in the data directory holding the generated development secret.
 pub const DEV_SECRET_FILE: &str = "dev-secret";
 
@@ -378,6 +381,13 @@ impl Authenticator {
                     let mut secret = read_file(path)?;
                     while secret.last().is_some_and(|byte| byte.is_ascii_whitespace()) {
                         secret.pop();
+                    }
+                    // The same floor as an inline `auth.secret`.
+                    if secret.len() < MIN_SECRET_BYTES {
+                        return Err(bad_key(
+                            path,
+                            format!("the secret is shorter than {MIN_SECRET_BYTES} bytes"),
+                        ));
                     }
                     secret
                 }

@@ -98,10 +98,12 @@ pub struct ServerConfig {
     /// the proxy's address: raise it or set 0 there.
     pub max_connections_per_ip: usize,
     /// Handshakes accepted per second, across all clients (0: unlimited);
-    /// beyond it, and above `handshake_burst`, they get HTTP 503 before the
-    /// token is even verified.
+    /// beyond the allowance they get HTTP 503 before the token is even
+    /// verified.
     pub handshake_rate: u64,
-    /// Handshakes allowed in a burst above `handshake_rate`.
+    /// The allowance of handshakes: the most accepted at once, all of them
+    /// together (not an extra above the rate); used ones come back at
+    /// `handshake_rate` per second.
     pub handshake_burst: u64,
     /// Browser origins allowed to open WebSockets. Empty (the default) allows
     /// only the broker's own origin (the `Origin` host equals the `Host`
@@ -213,7 +215,9 @@ pub struct LimitsConfig {
     pub max_pending_acks: usize,
     /// Sustained publishes per second per connection (0: unlimited).
     pub publish_rate: u64,
-    /// Publishes allowed in a burst above the sustained rate.
+    /// The allowance of publishes per connection: the most accepted at once,
+    /// all of them together (not an extra above the rate); used ones come
+    /// back at `publish_rate` per second.
     pub publish_burst: u64,
     /// Sustained payload bytes per second one connection may publish
     /// (0: unlimited); bursts up to one second's worth (at least one

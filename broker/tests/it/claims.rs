@@ -255,3 +255,17 @@ async fn claims_are_judged_only_after_the_signature_verifies() {
         assert_eq!((status, code.as_str()), (401, "token_malformed"), "{token}");
     }
 }
+
+#[tokio::test]
+async fn a_secret_file_shorter_than_32_bytes_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    // 31 bytes and a newline, which is trimmed.
+    std::fs::write(&secret, format!("{}\n", "s".repeat(31))).unwrap();
+    let mut config = crate::support::test_config(dir.path());
+    config.auth.secret_file = Some(secret.clone());
+    let error = sockeye_broker::Broker::open(config.clone()).unwrap_err();
+    assert!(error.to_string().contains("secret"), "{error}");
+    std::fs::write(&secret, format!("{}\n", "s".repeat(32))).unwrap();
+    sockeye_broker::Broker::open(config).unwrap();
+}

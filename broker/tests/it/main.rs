@@ -8,6 +8,7 @@ mod disk;
 mod handshake;
 mod history;
 mod lifecycle;
+mod promises;
 mod pubsub;
 mod security;
 mod support;
