@@ -10,7 +10,8 @@
 #   - Debian: chromium (browser tests), curl (admin walkthrough),
 #             nats-server (benchmark smoke against NATS), nginx and haproxy (proxy tests),
 #             procps (`kill`, to stop broker processes), python3-pip
-#   - PyPI:   websockets, msgpack (examples/python/requirements.txt)
+#   - PyPI:   websockets, msgpack (examples/python/requirements.txt),
+#             schemathesis (admin/tests/requirements.txt)
 #   - npm:    playwright-core (examples/browser-chat/package-lock.json and
 #             admin/tests/console/package-lock.json, the operator console's test);
 #             sdk-js's runtime and build dependencies (sdk-js/package-lock.json)
@@ -37,6 +38,11 @@ if ! python3 -c 'import websockets, msgpack' 2>/dev/null; then
   # two packages are for the tests of this checkout only.
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
     -r examples/python/requirements.txt
+fi
+if ! python3 -c 'import schemathesis' 2>/dev/null; then
+  # The admin API's conformance test fuzzes it from its OpenAPI document.
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
+    -r admin/tests/requirements.txt
 fi
 if [ ! -d examples/browser-chat/node_modules/playwright-core ]; then
   npm ci --prefix examples/browser-chat --no-audit --no-fund

@@ -30,7 +30,29 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Dependencies whose `debug` and `trace` events can show what crosses the
+/// wire: tungstenite dumps every frame's payload at `trace` (a `refresh`
+/// frame holds a token), and the HTTP stack may print request heads
+/// (`Authorization`, `?token=`). Their events above `info` are dropped
+/// whatever `RUST_LOG` says, so no level logs a token.
+const CAPPED_TARGETS: [&str; 10] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "axum",
+    "axum_core",
+    "tower",
+    "rustls",
+    "tokio_rustls",
+];
+
 fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let requested = std::env::var("RUST_LOG").unwrap_or_default();
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -40,15 +62,22 @@ fn init_logging() {
     if !requested.contains("sled") {
         filter = filter.add_directive("sled=off".parse().expect("`sled=off` is a valid directive"));
     }
+    // A second, fixed filter: an event is logged only if both let it pass.
+    let cap = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(CAPPED_TARGETS.map(|target| (target, LevelFilter::INFO)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .finish()
+        .with(cap)
         .init();
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = settings::load(&args.common, args.overrides())?;
+    warn_of_ephemeral_topics(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -161,6 +190,27 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
             std::future::pending::<()>().await;
         }
     })
+}
+
+/// Says loudly when some topics will keep no history because of the
+/// retention rules: `[[retention]]` entries in a file replace the built-in
+/// rule (`pattern = ">"`, stored) instead of being added to it, so one rule
+/// for `chat.>` alone leaves every other topic live-only.
+fn warn_of_ephemeral_topics(config: &sockeye_broker::Config) {
+    if config.retention.iter().any(|rule| rule.pattern == ">") {
+        return;
+    }
+    let patterns: Vec<&str> = config
+        .retention
+        .iter()
+        .map(|rule| rule.pattern.as_str())
+        .collect();
+    tracing::warn!(
+        rules = ?patterns,
+        "no retention rule has pattern \">\": topics that match none of these are ephemeral \
+         (live only, no history, no resume); [[retention]] rules replace the built-in one, \
+         so add a last rule with pattern = \">\" to store the others"
+    );
 }
 
 #[allow(clippy::print_stdout, reason = "the token is the command's output")]

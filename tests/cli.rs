@@ -110,3 +110,63 @@ async fn serve_with_no_config_accepts_a_minted_token_and_drains_on_sigterm() {
         "serve exits cleanly after draining: {status}"
     );
 }
+
+#[tokio::test]
+async fn retention_rules_in_a_file_replace_the_built_in_one_and_serve_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chat-only.toml");
+    std::fs::write(
+        &file,
+        "[[retention]]\npattern = \"chat.>\"\nmax_messages = 100\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let serve = Serve::start(
+        dir.path(),
+        &["--config", file, "--admin-listen", "127.0.0.1:0"],
+    )
+    .await;
+    let warning = serve
+        .log
+        .iter()
+        .find(|line| line.contains("WARN") && line.contains("no retention rule has pattern"))
+        .unwrap_or_else(|| panic!("no warning about unstored topics: {:#?}", serve.log));
+    assert!(warning.contains("chat.>"), "{warning}");
+
+    // As it says: `chat.*` topics are stored, every other topic is not.
+    let token = mint(dir.path(), &["--sub", "x", "--config", file]).await;
+    let mut socket = connect(serve.addr, &token).await;
+    for (id, topic, stored) in [(1, "chat.room", true), (2, "orders.eu", false)] {
+        send(
+            &mut socket,
+            ClientMessage::Publish {
+                id,
+                topic: topic.into(),
+                payload: sockeye_protocol::Payload::binary(b"x"),
+                ack: true,
+            },
+        )
+        .await;
+        match recv(&mut socket).await {
+            ServerMessage::Published { epoch, .. } => {
+                assert_eq!(epoch != 0, stored, "{topic}: epoch {epoch}");
+            }
+            other => panic!("{topic}: {other:?}"),
+        }
+    }
+    drop(socket);
+    serve.terminate().await;
+
+    // The built-in rule stores everything, and nothing is said.
+    let plain = tempfile::tempdir().unwrap();
+    let serve = Serve::start(plain.path(), &["--admin-listen", "127.0.0.1:0"]).await;
+    assert!(
+        !serve
+            .log
+            .iter()
+            .any(|line| line.contains("no retention rule has pattern")),
+        "{:#?}",
+        serve.log
+    );
+    serve.terminate().await;
+}

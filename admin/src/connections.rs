@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody, Path, Query};
-use crate::pagination::{checked_limit, split_page};
+use crate::pagination::{checked_after, checked_limit, split_page};
 
 /// Longest close reason accepted, in bytes. A WebSocket close frame holds at
 /// most 123 bytes of reason.
@@ -101,6 +101,7 @@ pub(crate) struct ConnectionPage {
 #[into_params(parameter_in = Query)]
 pub(crate) struct ConnectionListParams {
     /// Cursor: the `next` of the previous page (connections with larger ids).
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     after: Option<u64>,
     /// Connections per page.
     #[param(minimum = 1, maximum = 1000, default = 100)]
@@ -161,7 +162,7 @@ pub(crate) async fn list_connections(
     let limit = checked_limit(params.limit)?;
     let peers = state
         .broker
-        .connections(params.after.map(ConnId), limit + 1);
+        .connections(checked_after(params.after)?.map(ConnId), limit + 1);
     let (peers, next) = split_page(peers, limit, |peer| peer.id.0);
     Ok(axum::Json(ConnectionPage {
         items: peers

@@ -58,7 +58,7 @@ use utoipa_axum::routes;
 pub use crate::auth::API_KEY_PUBLISHER;
 pub use crate::connections::MAX_CLOSE_REASON_BYTES;
 pub use crate::error::{ApiError, ErrorBody};
-pub use crate::pagination::{DEFAULT_LIMIT, MAX_LIMIT};
+pub use crate::pagination::{DEFAULT_LIMIT, MAX_CURSOR, MAX_LIMIT};
 pub use crate::stats::RATE_WINDOW;
 
 /// What every handler shares. Cheap to clone.
@@ -118,17 +118,31 @@ fn protected_paths(protected: &OpenApiRouter<AppState>) -> Vec<String> {
         .collect()
 }
 
-/// The OpenAPI 3.1 document of every route, as served at `/openapi.json`.
+/// The OpenAPI 3.1 document of every route, as served at `/openapi.json`
+/// by a broker with the default configuration.
 pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi_for(&sockeye_broker::Config::default())
+}
+
+/// The document as served by a broker with `config`: the configured
+/// limits a request is held to are written into it.
+fn openapi_for(config: &sockeye_broker::Config) -> utoipa::openapi::OpenApi {
     let (protected, public) = routes();
     let protected_paths = protected_paths(&protected);
-    docs::complete(protected.merge(public).into_openapi(), &protected_paths)
+    let mut document = docs::complete(protected.merge(public).into_openapi(), &protected_paths);
+    topics::document_topic_length(&mut document, config.limits.max_topic_length);
+    document
 }
 
 /// The OpenAPI document as pretty JSON with a final newline: the exact
-/// bytes of `/openapi.json` and of the committed `docs/openapi.json`.
+/// bytes of `/openapi.json` (with the default configuration) and of the
+/// committed `docs/openapi.json`.
 pub fn openapi_json() -> String {
-    let mut json = openapi()
+    to_json(&openapi())
+}
+
+fn to_json(document: &utoipa::openapi::OpenApi) -> String {
+    let mut json = document
         .to_pretty_json()
         .expect("an OpenAPI document always serializes to JSON");
     json.push('\n');
@@ -144,13 +158,14 @@ pub fn router(broker: Broker) -> Router {
     let body_limit = (broker.config().limits.max_frame_size.as_u64() as usize)
         .saturating_mul(2)
         .saturating_add(64 * 1024);
+    let openapi_json = Bytes::from(to_json(&openapi_for(broker.config())));
     let state = AppState {
         metrics: Arc::new(metrics::registry(
             broker.clone(),
             Arc::clone(&auth_failures),
         )),
         broker,
-        openapi_json: Bytes::from(openapi_json()),
+        openapi_json,
         swagger: docs::swagger_config(),
         rates: Arc::new(stats::RateWindow::default()),
         auth_failures,

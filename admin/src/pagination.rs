@@ -11,6 +11,21 @@ pub const DEFAULT_LIMIT: u32 = 100;
 /// OpenAPI document), so it is fixed rather than configured.
 pub const MAX_LIMIT: u32 = 1000;
 
+/// The largest numeric `after` cursor accepted (2^53 - 1): connection ids
+/// and offsets stay below it, every JSON number up to it is exact, and the
+/// OpenAPI document states it as the parameter's `maximum`.
+pub const MAX_CURSOR: u64 = (1 << 53) - 1;
+
+/// Checks a numeric `after` parameter: at most [`MAX_CURSOR`].
+pub(crate) fn checked_after(after: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match after {
+        Some(after) if after > MAX_CURSOR => Err(ApiError::bad_parameter(format!(
+            "after must be 0 to {MAX_CURSOR}, got {after}"
+        ))),
+        after => Ok(after),
+    }
+}
+
 /// Checks a `limit` parameter: absent means [`DEFAULT_LIMIT`]; otherwise it
 /// must be 1 to [`MAX_LIMIT`].
 pub(crate) fn checked_limit(limit: Option<u32>) -> Result<usize, ApiError> {
@@ -50,6 +65,13 @@ mod tests {
         assert_eq!(checked_limit(Some(1000)).unwrap(), 1000);
         assert!(checked_limit(Some(0)).is_err());
         assert!(checked_limit(Some(1001)).is_err());
+    }
+
+    #[test]
+    fn cursors_are_bounded_by_max_cursor() {
+        assert_eq!(checked_after(None).unwrap(), None);
+        assert_eq!(checked_after(Some(MAX_CURSOR)).unwrap(), Some(MAX_CURSOR));
+        assert!(checked_after(Some(MAX_CURSOR + 1)).is_err());
     }
 
     #[test]

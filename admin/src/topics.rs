@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody, Json, Path, Query};
-use crate::pagination::{checked_limit, split_page};
+use crate::pagination::{checked_after, checked_limit, split_page};
 
 /// One topic.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -94,8 +94,42 @@ pub(crate) struct TopicListParams {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub(crate) struct TopicPath {
-    /// The topic name, like `orders.eu.created`.
+    /// The topic name, like `orders.eu.created`: segments of `A-Z a-z 0-9
+    /// _ - :` separated by dots, at most `limits.max_topic_length` bytes
+    /// (the served document states the configured length).
+    #[param(pattern = r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$", max_length = 255)]
     topic: String,
+}
+
+/// Writes the configured longest topic name into every `topic` path
+/// parameter of `document`, so a name the document allows is one the
+/// routes accept.
+pub(crate) fn document_topic_length(document: &mut utoipa::openapi::OpenApi, max: usize) {
+    use utoipa::openapi::{RefOr, Schema};
+    let operations = document.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+    });
+    for operation in operations {
+        for parameter in operation.parameters.iter_mut().flatten() {
+            let RefOr::T(parameter) = parameter else {
+                continue;
+            };
+            if parameter.name != "topic" {
+                continue;
+            }
+            if let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut() {
+                schema.max_length = Some(max);
+            }
+        }
+    }
 }
 
 /// How a payload is represented in JSON.
@@ -164,6 +198,7 @@ pub(crate) enum HistoryEncoding {
 pub(crate) struct HistoryParams {
     /// Cursor: messages with offsets after this one (0 or absent: from the
     /// oldest retained).
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     after: Option<u64>,
     /// Messages per page. A page also stops at `admin.max_history_page_bytes`
     /// (4 MiB by default) of stored messages, counting each whole stored
@@ -324,7 +359,7 @@ pub(crate) async fn get_history(
     if !info.stored {
         return Err(not_stored(&path.topic));
     }
-    let from = params.after.unwrap_or(0).saturating_add(1);
+    let from = checked_after(params.after)?.unwrap_or(0).saturating_add(1);
     let max_bytes = usize::try_from(state.broker.config().admin.max_history_page_bytes.as_u64())
         .unwrap_or(usize::MAX);
     let read = {

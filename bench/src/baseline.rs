@@ -134,7 +134,7 @@ pub(crate) async fn serve(args: BaselineArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let max_frame = args.max_frame.0;
     let welcome = ServerMessage::Welcome(Welcome {
-        connection_id: "baseline".into(),
+        connection_id: 0,
         version: PROTOCOL_VERSION,
         subject: "baseline".into(),
         heartbeat_interval_ms: 3_600_000,

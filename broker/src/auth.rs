@@ -8,8 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use sockeye_protocol::{TopicFilter, TopicName};
 
@@ -18,8 +17,17 @@ use crate::config::{Algorithm, AuthConfig};
 /// Prefix of a token carried as a `Sec-WebSocket-Protocol` entry.
 pub const SUBPROTOCOL_TOKEN_PREFIX: &str = "bearer.";
 
+/// The shortest HS* secret accepted, inline or in a file: 256 bits.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// File in the data directory holding the generated development secret.
 pub const DEV_SECRET_FILE: &str = "dev-secret";
+
+/// The latest expiry the broker represents, in unix seconds: 2^53 - 1
+/// milliseconds after the epoch, rounded down to a second (in the year
+/// 287396), so `welcome.token_expires_at` always fits a JavaScript number.
+/// A token whose `exp` is later counts as expiring then.
+pub const MAX_EXPIRY_SECS: u64 = ((1 << 53) - 1) / 1000;
 
 /// The claims Sockeye reads from (and writes into) a token.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,9 +205,12 @@ pub struct Authenticator {
     algorithm: Algorithm,
     decoding: DecodingKey,
     encoding: Option<EncodingKey>,
-    validation: Validation,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    leeway: u64,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Whether a token must carry `exp` (`auth.require_exp`).
+    require_exp: bool,
     default_subscribe: Vec<TopicFilter>,
     default_publish: Vec<TopicFilter>,
     max_topic_length: usize,
@@ -302,6 +313,44 @@ fn parse_filters(filters: &[String], max: usize) -> Result<Vec<TopicFilter>, Str
         .collect()
 }
 
+/// The claims of a token whose signature verified, each of its type.
+struct SignedClaims {
+    sub: String,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iss: Option<String>,
+    audiences: Vec<String>,
+    subscribe: Option<Vec<String>>,
+    publish: Option<Vec<String>>,
+    admin: bool,
+}
+
+/// What a time claim must be, in the words of [`AuthError::Invalid`].
+const NUMERIC_DATE: &str = "a number of seconds from 0 to 2^64";
+
+fn wrong_type(claim: &str, expected: &str) -> AuthError {
+    AuthError::Invalid(format!("claim `{claim}` must be {expected}"))
+}
+
+/// A JWT NumericDate as the verifier reads one: an unsigned integer, or a
+/// finite non-negative number below 2^64, rounded.
+fn numeric_date(value: &serde_json::Value) -> Option<u64> {
+    if let Some(seconds) = value.as_u64() {
+        return Some(seconds);
+    }
+    let seconds = value.as_f64()?;
+    // The same rule as jsonwebtoken's, so a token reads the same here as
+    // in other verifiers built on it.
+    (seconds.is_finite() && (0.0..u64::MAX as f64).contains(&seconds))
+        .then(|| seconds.round() as u64)
+}
+
+/// The wall-clock time of an `exp` claim, saturated at [`MAX_EXPIRY_SECS`]
+/// so that no later arithmetic on it can overflow.
+fn expiry_time(exp: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(exp.min(MAX_EXPIRY_SECS))
+}
+
 /// Seconds since the unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -332,6 +381,13 @@ impl Authenticator {
                     let mut secret = read_file(path)?;
                     while secret.last().is_some_and(|byte| byte.is_ascii_whitespace()) {
                         secret.pop();
+                    }
+                    // The same floor as an inline `auth.secret`.
+                    if secret.len() < MIN_SECRET_BYTES {
+                        return Err(bad_key(
+                            path,
+                            format!("the secret is shorter than {MIN_SECRET_BYTES} bytes"),
+                        ));
                     }
                     secret
                 }
@@ -372,22 +428,6 @@ impl Authenticator {
             (decoding, encoding)
         };
 
-        let mut validation = Validation::new(jwt_algorithm(algorithm));
-        validation.leeway = config.leeway.as_secs();
-        validation.validate_nbf = true;
-        validation.validate_exp = true;
-        let mut required = vec!["sub"];
-        if config.require_exp {
-            required.push("exp");
-        }
-        validation.set_required_spec_claims(&required);
-        match &config.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(issuer) = &config.issuer {
-            validation.set_issuer(&[issuer]);
-        }
         let defaults = |filters: &[String]| {
             parse_filters(filters, max_topic_length).map_err(|reason| KeyError::BadKey {
                 path: "auth.default_*".into(),
@@ -399,9 +439,10 @@ impl Authenticator {
             algorithm,
             decoding,
             encoding,
-            validation,
+            leeway: config.leeway.as_secs(),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
+            require_exp: config.require_exp,
             default_subscribe: defaults(&config.default_subscribe)?,
             default_publish: defaults(&config.default_publish)?,
             max_topic_length,
@@ -415,28 +456,66 @@ impl Authenticator {
     }
 
     /// Verifies a token and returns the identity it grants.
+    ///
+    /// The checks run in this order, and the first failure is the answer:
+    /// the token's shape and header, its algorithm, its signature, the type
+    /// of every claim Sockeye knows, the presence of the required ones, then
+    /// `exp`, `nbf`, `iss` and `aud`. Nothing about the claims is said for a
+    /// token whose signature does not verify.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|err| match err.into_kind() {
-                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) => {
-                    AuthError::Malformed
-                }
-                ErrorKind::Utf8(_) => AuthError::Malformed,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    AuthError::WrongAlgorithm
-                }
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidIssuer => AuthError::BadIssuer,
-                ErrorKind::InvalidAudience => AuthError::BadAudience,
-                ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim),
-                other => AuthError::Invalid(format!("{other:?}")),
-            })?;
-        let claims = data.claims;
-        if claims.sub.is_empty() {
-            return Err(AuthError::MissingClaim("sub".into()));
+        let mut parts = token.split('.');
+        let (Some(_header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let algorithm = jwt_algorithm(self.algorithm);
+        if header.alg != algorithm {
+            return Err(AuthError::WrongAlgorithm);
         }
+        // The signed message is `header.payload`, as sent.
+        let message = &token[..token.len() - signature.len() - 1];
+        match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &self.decoding, algorithm)
+        {
+            Ok(true) => {}
+            Ok(false) => return Err(AuthError::BadSignature),
+            Err(_) => return Err(AuthError::Malformed),
+        }
+        let payload = {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .map_err(|_| AuthError::Malformed)?
+        };
+        let claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed)?;
+        let claims = self.read_claims(&claims)?;
+
+        let now = unix_now();
+        if claims
+            .exp
+            .is_some_and(|exp| exp.saturating_add(self.leeway) < now)
+        {
+            return Err(AuthError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(self.leeway))
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        if let Some(issuer) = &self.issuer
+            && claims.iss.as_ref() != Some(issuer)
+        {
+            return Err(AuthError::BadIssuer);
+        }
+        if let Some(audience) = &self.audience
+            && !claims.audiences.contains(audience)
+        {
+            return Err(AuthError::BadAudience);
+        }
+
         let permissions = Permissions {
             subscribe: match &claims.subscribe {
                 Some(filters) => parse_filters(filters, self.max_topic_length)
@@ -451,9 +530,87 @@ impl Authenticator {
         };
         Ok(Identity {
             subject: claims.sub,
-            expires_at: claims.exp.map(|exp| UNIX_EPOCH + Duration::from_secs(exp)),
+            expires_at: claims.exp.map(expiry_time),
             permissions,
             admin: claims.admin,
+        })
+    }
+
+    /// Reads the claims of a token whose signature has verified: every claim
+    /// Sockeye knows must have its documented type ([`AuthError::Invalid`]
+    /// naming it otherwise), and the required ones must be present
+    /// ([`AuthError::MissingClaim`]). A `null` claim counts as absent.
+    fn read_claims(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<SignedClaims, AuthError> {
+        use serde_json::Value;
+        let claim = |name: &str| claims.get(name).filter(|value| !value.is_null());
+        let string = |name: &str| match claim(name) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(_) => Err(wrong_type(name, "a string")),
+        };
+        let number = |name: &str| match claim(name) {
+            None => Ok(None),
+            Some(value) => numeric_date(value)
+                .map(Some)
+                .ok_or_else(|| wrong_type(name, NUMERIC_DATE)),
+        };
+        let strings = |name: &str, items: &[Value]| {
+            items
+                .iter()
+                .map(|item| item.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| wrong_type(name, "an array of strings"))
+        };
+        let filters = |name: &str| match claim(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => strings(name, items).map(Some),
+            Some(_) => Err(wrong_type(name, "an array of strings")),
+        };
+        let sub = string("sub")?;
+        let exp = number("exp")?;
+        let nbf = number("nbf")?;
+        // Read only to hold it to its type: nothing depends on `iat`.
+        number("iat")?;
+        let iss = string("iss")?;
+        // One string or several (RFC 7519 section 4.1.3).
+        let audiences = match claim("aud") {
+            None => Vec::new(),
+            Some(Value::String(text)) => vec![text.clone()],
+            Some(Value::Array(items)) => strings("aud", items)
+                .map_err(|_| wrong_type("aud", "a string or an array of strings"))?,
+            Some(_) => return Err(wrong_type("aud", "a string or an array of strings")),
+        };
+        let subscribe = filters("subscribe")?;
+        let publish = filters("publish")?;
+        let admin = match claim("admin") {
+            None => false,
+            Some(Value::Bool(admin)) => *admin,
+            Some(_) => return Err(wrong_type("admin", "true or false")),
+        };
+        let sub = sub
+            .filter(|sub| !sub.is_empty())
+            .ok_or_else(|| AuthError::MissingClaim("sub".into()))?;
+        if self.require_exp && exp.is_none() {
+            return Err(AuthError::MissingClaim("exp".into()));
+        }
+        if self.issuer.is_some() && iss.is_none() {
+            return Err(AuthError::MissingClaim("iss".into()));
+        }
+        if self.audience.is_some() && audiences.is_empty() {
+            return Err(AuthError::MissingClaim("aud".into()));
+        }
+        Ok(SignedClaims {
+            sub,
+            exp,
+            nbf,
+            iss,
+            audiences,
+            subscribe,
+            publish,
+            admin,
         })
     }
 

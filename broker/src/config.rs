@@ -98,10 +98,12 @@ pub struct ServerConfig {
     /// the proxy's address: raise it or set 0 there.
     pub max_connections_per_ip: usize,
     /// Handshakes accepted per second, across all clients (0: unlimited);
-    /// beyond it, and above `handshake_burst`, they get HTTP 503 before the
-    /// token is even verified.
+    /// beyond the allowance they get HTTP 503 before the token is even
+    /// verified.
     pub handshake_rate: u64,
-    /// Handshakes allowed in a burst above `handshake_rate`.
+    /// The allowance of handshakes: the most accepted at once, all of them
+    /// together (not an extra above the rate); used ones come back at
+    /// `handshake_rate` per second.
     pub handshake_burst: u64,
     /// Browser origins allowed to open WebSockets. Empty (the default) allows
     /// only the broker's own origin (the `Origin` host equals the `Host`
@@ -213,7 +215,9 @@ pub struct LimitsConfig {
     pub max_pending_acks: usize,
     /// Sustained publishes per second per connection (0: unlimited).
     pub publish_rate: u64,
-    /// Publishes allowed in a burst above the sustained rate.
+    /// The allowance of publishes per connection: the most accepted at once,
+    /// all of them together (not an extra above the rate); used ones come
+    /// back at `publish_rate` per second.
     pub publish_burst: u64,
     /// Sustained payload bytes per second one connection may publish
     /// (0: unlimited); bursts up to one second's worth (at least one
@@ -260,6 +264,13 @@ pub struct WebSocketConfig {
     pub compression_threshold: ByteSize,
     /// Deflate level, 0-9.
     pub compression_level: u32,
+    /// After the broker sends a close frame, how long it keeps reading and
+    /// discarding what the client still sends before closing the TCP
+    /// connection (0: close at once). Closing with unread data makes the
+    /// kernel send a reset, which can destroy the close frame in flight:
+    /// the client of an oversized frame would see 1006 instead of 1009.
+    #[serde(with = "humantime_serde")]
+    pub close_linger: Duration,
 }
 
 /// How acknowledged publishes are made durable.
@@ -428,6 +439,7 @@ impl Default for WebSocketConfig {
             write_buffer: ByteSize::kib(16),
             compression_threshold: ByteSize::kib(1),
             compression_level: 1,
+            close_linger: Duration::from_secs(2),
         }
     }
 }
@@ -618,6 +630,11 @@ impl Config {
             }
         }
         let auth = &self.auth;
+        // The verifier subtracts the leeway from the current unix time; an
+        // hour already forgives any clock a host could plausibly keep.
+        if auth.leeway > Duration::from_secs(3600) {
+            return Err(invalid("auth.leeway", "must be at most 1h"));
+        }
         if auth.algorithm.is_hmac() {
             if auth.secret.is_some() && auth.secret_file.is_some() {
                 return Err(invalid(

@@ -27,12 +27,13 @@ use sockeye_protocol::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::Broker;
 use crate::auth::Identity;
+use crate::linger::CloseLinger;
 use crate::peer::{Inbox, Peer};
 use crate::stats::Stats;
 use crate::store::{AckState, DurableMark};
 use crate::topics::{SubscribeError, Subscriber, WriteError};
+use crate::{Admission, Broker};
 
 /// Frames written per drain of the outbound queue before one flush.
 const DRAIN_BATCH: usize = 256;
@@ -98,6 +99,10 @@ enum Event {
 enum Ending {
     /// Close with this code and reason.
     Close(CloseCode, String),
+    /// Close with this code and reason after a frame the WebSocket layer
+    /// could not read (too large, or broken): nothing more is read through
+    /// it, and the raw socket is drained instead (`websocket.close_linger`).
+    Abort(CloseCode, String),
     /// The client closed, or the socket failed: nothing more to send.
     Gone,
 }
@@ -123,19 +128,33 @@ pub(crate) struct Session {
     warned_expiry: bool,
     /// Cancelled when the session ends; parent of every subscription token.
     ended: CancellationToken,
+    /// Makes the socket drain after the close (absent when the router is
+    /// served by someone else's HTTP server).
+    linger: Option<CloseLinger>,
+    /// The connection's slot, released when the session is dropped (after
+    /// [`Session`]'s own `Drop` has removed its subscriptions).
+    _admission: Admission,
 }
 
+/// Unix milliseconds of `time`, saturating (token expiries are already
+/// bounded by [`crate::auth::MAX_EXPIRY_SECS`], far below the limit).
 fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// Where a deadline the monotonic clock cannot represent is put instead: the
+/// timer then fires early, finds the moment not come yet, and is set again.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Converts a wall-clock deadline to a monotonic one.
 fn deadline(at: SystemTime) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     match at.duration_since(SystemTime::now()) {
-        Ok(remaining) => now + remaining,
+        Ok(remaining) => now
+            .checked_add(remaining)
+            .unwrap_or_else(|| now + FAR_FUTURE),
         Err(_) => now,
     }
 }
@@ -161,9 +180,11 @@ fn decode_error_code(error: &DecodeError) -> ErrorCode {
 impl Session {
     pub(crate) fn new(
         broker: Broker,
+        admission: Admission,
         peer: Arc<Peer>,
         socket: WebSocket,
         identity: Identity,
+        linger: Option<CloseLinger>,
     ) -> Self {
         let config = broker.config();
         let rate = rate_limiter(config.limits.publish_rate, config.limits.publish_burst);
@@ -188,6 +209,8 @@ impl Session {
             last_heard: Instant::now(),
             warned_expiry: false,
             ended,
+            linger,
+            _admission: admission,
         }
     }
 
@@ -236,7 +259,7 @@ impl Session {
         let config = Arc::clone(self.broker.config());
         let write_timeout = config.heartbeat.timeout;
         let welcome = ServerMessage::Welcome(Welcome {
-            connection_id: self.peer.id.to_string(),
+            connection_id: self.peer.id.0,
             version: PROTOCOL_VERSION,
             subject: self.identity.subject.clone(),
             heartbeat_interval_ms: config.heartbeat.interval.as_millis() as u64,
@@ -459,7 +482,9 @@ impl Session {
                 "token expired; reconnect with a fresh token".into(),
             )));
         }
-        if !self.warned_expiry {
+        let warning = self.broker.config().auth.expiry_warning;
+        let warn_from = expires_at.checked_sub(warning).unwrap_or(UNIX_EPOCH);
+        if !self.warned_expiry && SystemTime::now() >= warn_from {
             self.warned_expiry = true;
             self.reply(&ServerMessage::TokenExpiring {
                 expires_at: unix_ms(expires_at),
@@ -546,7 +571,11 @@ impl Session {
                 payload,
                 ack,
             } => self.publish(id, topic, &payload, ack),
-            ClientMessage::Ping { id } => Ok(Some(self.encode(&ServerMessage::Pong { id }))),
+            ClientMessage::Ping { id } => {
+                #[cfg(feature = "test-hooks")]
+                self.broker.panic_if_armed(self.peer.id);
+                Ok(Some(self.encode(&ServerMessage::Pong { id })))
+            }
             ClientMessage::Refresh { id, token } => self.refresh(id, &token).map(Some),
             _ => Ok(None),
         };
@@ -767,29 +796,43 @@ impl Session {
         Ok(self.encode(&ServerMessage::Refreshed { id, expires_at }))
     }
 
-    /// Sends the close frame (if any), waits briefly for the client's reply,
-    /// and releases everything the connection held.
+    /// Sends the close frame (if any) and waits briefly for the client's
+    /// reply; dropping the session then releases what the connection held,
+    /// and the socket, asked to linger, drains what the client still sends.
     async fn finish(mut self, ending: Ending) {
-        if let Ending::Close(code, reason) = ending {
-            tracing::debug!(code = code.code(), reason = %reason, "closing connection");
-            let close = Message::Close(Some(CloseFrame {
-                code: code.code(),
-                reason: reason.into(),
-            }));
-            let sent = tokio::time::timeout(CLOSE_REPLY_WAIT, self.socket.send(close)).await;
-            if matches!(sent, Ok(Ok(()))) {
-                // Read until the client's close reply ends the stream.
-                let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
-                    while let Some(Ok(_)) = self.socket.next().await {}
-                })
-                .await;
-            }
+        let (code, reason, readable) = match ending {
+            Ending::Close(code, reason) => (code, reason, true),
+            Ending::Abort(code, reason) => (code, reason, false),
+            Ending::Gone => return,
+        };
+        tracing::debug!(code = code.code(), reason = %reason, "closing connection");
+        if let Some(linger) = &self.linger {
+            linger.request(self.broker.config().websocket.close_linger);
         }
+        let close = Message::Close(Some(CloseFrame {
+            code: code.code(),
+            reason: reason.into(),
+        }));
+        let sent = tokio::time::timeout(CLOSE_REPLY_WAIT, self.socket.send(close)).await;
+        if readable && matches!(sent, Ok(Ok(()))) {
+            // Read until the client's close reply ends the stream.
+            let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+                while let Some(Ok(_)) = self.socket.next().await {}
+            })
+            .await;
+        }
+    }
+}
+
+/// The release of everything a connection held, whichever way its session
+/// ends: a close, a socket error, or a panic (the runtime drops the task's
+/// future after catching it). The admission is dropped right after this.
+impl Drop for Session {
+    fn drop(&mut self) {
         self.ended.cancel();
         for (filter, held) in std::mem::take(&mut self.held) {
             self.drop_subscription(&filter, &held);
         }
-        self.broker.unregister(self.peer.id);
     }
 }
 
@@ -815,15 +858,15 @@ fn socket_error_ending(err: &axum::Error) -> Ending {
     let source = err.source();
     let tungstenite = source.and_then(|source| source.downcast_ref::<tungstenite::Error>());
     match tungstenite {
-        Some(tungstenite::Error::Capacity(capacity)) => Ending::Close(
+        Some(tungstenite::Error::Capacity(capacity)) => Ending::Abort(
             CloseCode::MessageTooBig,
             format!("frame too large: {capacity}"),
         ),
         Some(tungstenite::Error::Protocol(protocol)) => {
-            Ending::Close(CloseCode::ProtocolError, protocol.to_string())
+            Ending::Abort(CloseCode::ProtocolError, protocol.to_string())
         }
         Some(tungstenite::Error::Utf8(_)) => {
-            Ending::Close(CloseCode::InvalidPayload, "invalid UTF-8".into())
+            Ending::Abort(CloseCode::InvalidPayload, "invalid UTF-8".into())
         }
         _ => Ending::Gone,
     }

@@ -9,6 +9,8 @@
 //!   upgrade with its admission checks (origin, rates, per-IP, capacity),
 //!   `/healthz`, graceful shutdown; [`serve_http`] for the admin listener.
 //! - [`tls`]: certificates for `wss://`, reloaded in place.
+//! - `linger`: draining a socket for a bounded time after a close frame, so
+//!   the client reads the close instead of a reset.
 //! - `connection`: one task per connection: requests, replies, deliveries,
 //!   heartbeats, token expiry, close codes.
 //! - [`peer`]: the shared half of a connection (outbound queue, counters,
@@ -33,6 +35,7 @@
 pub mod auth;
 pub mod config;
 mod connection;
+mod linger;
 pub mod peer;
 mod replay;
 mod server;
@@ -130,6 +133,9 @@ struct Inner {
     tasks: TaskTracker,
     /// Connection sessions.
     connections: TaskTracker,
+    /// Connections whose session panics at its next `ping` (test hook).
+    #[cfg(feature = "test-hooks")]
+    panic_armed: Mutex<std::collections::HashSet<ConnId>>,
 }
 
 impl Broker {
@@ -210,6 +216,8 @@ impl Broker {
                 shutdown,
                 tasks,
                 connections: TaskTracker::new(),
+                #[cfg(feature = "test-hooks")]
+                panic_armed: Mutex::default(),
             }),
         })
     }
@@ -279,36 +287,27 @@ impl Broker {
             .is_none_or(|limiter| limiter.check().is_ok())
     }
 
-    /// Claims a connection slot for `ip`; false if it holds the maximum.
-    pub(crate) fn claim_ip_slot(&self, ip: IpAddr) -> bool {
-        let max = self.inner.config.server.max_connections_per_ip;
-        let mut per_ip = self.per_ip();
-        let held = per_ip.entry(ip).or_insert(0);
-        if max > 0 && *held >= max {
-            if *held == 0 {
-                per_ip.remove(&ip);
-            }
-            return false;
-        }
-        *held += 1;
-        true
+    /// Takes one unit of the connection budget (`server.max_connections`);
+    /// `None` when the broker is full. The guard gives it back when dropped,
+    /// with whatever else it claimed meanwhile.
+    pub(crate) fn admit(&self) -> Option<Admission> {
+        let open = self.inner.stats.connections.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission {
+            broker: self.clone(),
+            ip: None,
+            peer: None,
+        };
+        (open < self.inner.config.server.max_connections as u64).then_some(admission)
     }
 
-    fn release_ip_slot(&self, ip: IpAddr) {
-        let mut per_ip = self.per_ip();
-        if let Some(held) = per_ip.get_mut(&ip) {
-            *held -= 1;
-            if *held == 0 {
-                per_ip.remove(&ip);
-            }
-        }
-    }
-
+    /// The per-IP counts. They stay consistent even if some thread panicked
+    /// while holding the lock (each change is one insert or removal), so a
+    /// poisoned lock is used as is rather than spreading the panic.
     fn per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
         self.inner
             .per_ip
             .lock()
-            .expect("no code panics while holding the per-IP map")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
@@ -324,39 +323,12 @@ impl Broker {
         self.inner.draining.load(Ordering::Acquire)
     }
 
+    /// The peer map; a poisoned lock is used as is, as for [`Self::per_ip`].
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Arc<Peer>>> {
         self.inner
             .peers
             .lock()
-            .expect("no code panics while holding the peer map")
-    }
-
-    pub(crate) fn register(
-        &self,
-        subject: String,
-        remote: SocketAddr,
-        user_agent: Option<String>,
-    ) -> Arc<Peer> {
-        let id = ConnId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let peer = Peer::new(
-            id,
-            subject,
-            remote,
-            user_agent,
-            self.inner.config.limits.outbound_queue,
-            self.inner.config.limits.outbound_queue_bytes.as_u64(),
-        );
-        let peer = Arc::new(peer);
-        self.peers().insert(id, Arc::clone(&peer));
-        peer
-    }
-
-    pub(crate) fn unregister(&self, id: ConnId) {
-        let removed = self.peers().remove(&id);
-        if let Some(peer) = removed {
-            self.release_ip_slot(peer.remote.ip());
-            self.inner.stats.connections.fetch_sub(1, Ordering::AcqRel);
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Connected peers in id order, starting after `after`; at most `limit`.
@@ -462,6 +434,111 @@ impl Broker {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.inner.tasks.wait()).await;
+    }
+}
+
+/// One WebSocket connection's claim on the broker: a unit of the
+/// connections gauge (which `server.max_connections` bounds), one of its
+/// address's `server.max_connections_per_ip`, and its entry in the peer map.
+/// The connection's session owns it, so however the session ends (a panic
+/// included) dropping it gives all three back; a failed upgrade drops it too.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    broker: Broker,
+    /// The address whose per-IP count this holds, once claimed.
+    ip: Option<IpAddr>,
+    /// The peer registered under this admission, once registered.
+    peer: Option<ConnId>,
+}
+
+impl Admission {
+    /// Claims one of `ip`'s connection slots; false if it holds the maximum.
+    pub(crate) fn claim_ip(&mut self, ip: IpAddr) -> bool {
+        debug_assert!(self.ip.is_none(), "one address per admission");
+        let max = self.broker.inner.config.server.max_connections_per_ip;
+        let mut per_ip = self.broker.per_ip();
+        let held = per_ip.entry(ip).or_insert(0);
+        if max > 0 && *held >= max {
+            if *held == 0 {
+                per_ip.remove(&ip);
+            }
+            return false;
+        }
+        *held += 1;
+        self.ip = Some(ip);
+        true
+    }
+
+    /// Gives the connection its id and lists it in the peer map.
+    pub(crate) fn register(
+        &mut self,
+        subject: String,
+        remote: SocketAddr,
+        user_agent: Option<String>,
+    ) -> Arc<Peer> {
+        debug_assert!(self.peer.is_none(), "one peer per admission");
+        let inner = &self.broker.inner;
+        let id = ConnId(inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let peer = Arc::new(Peer::new(
+            id,
+            subject,
+            remote,
+            user_agent,
+            inner.config.limits.outbound_queue,
+            inner.config.limits.outbound_queue_bytes.as_u64(),
+        ));
+        self.broker.peers().insert(id, Arc::clone(&peer));
+        self.peer = Some(id);
+        peer
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(id) = self.peer.take() {
+            self.broker.peers().remove(&id);
+        }
+        if let Some(ip) = self.ip.take() {
+            let mut per_ip = self.broker.per_ip();
+            if let Some(held) = per_ip.get_mut(&ip) {
+                *held -= 1;
+                if *held == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+        let stats = &self.broker.inner.stats;
+        stats.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Hooks for the workspace's own tests, compiled only with the `test-hooks`
+/// feature (which only dev-dependencies enable).
+#[cfg(feature = "test-hooks")]
+impl Broker {
+    /// Makes the session of connection `id` panic when it next handles a
+    /// `ping` request, as a bug would; returns whether the connection exists.
+    #[doc(hidden)]
+    pub fn panic_session_at_next_ping(&self, id: ConnId) -> bool {
+        let exists = self.connection(id).is_some();
+        if exists {
+            self.armed().insert(id);
+        }
+        exists
+    }
+
+    /// Panics if the test hook is armed for `id`.
+    pub(crate) fn panic_if_armed(&self, id: ConnId) {
+        if self.armed().remove(&id) {
+            panic!("test hook: connection {id} panics on purpose");
+        }
+    }
+
+    fn armed(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ConnId>> {
+        self.inner
+            .panic_armed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

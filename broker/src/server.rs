@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -24,6 +23,7 @@ use tower::ServiceExt;
 use crate::Broker;
 use crate::auth::token_from_request;
 use crate::connection::Session;
+use crate::linger::{CloseLinger, LingeringIo};
 use crate::stats::Stats;
 
 /// The JSON body of a refused handshake.
@@ -54,6 +54,7 @@ async fn upgrade(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(query): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
+    linger: Option<axum::Extension<CloseLinger>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let started = Instant::now();
@@ -87,19 +88,18 @@ async fn upgrade(
     if broker.is_draining() {
         return unavailable("the broker is shutting down", 5);
     }
-    // Admission control: count the connection now; the session releases it.
-    let open = stats.connections.fetch_add(1, Ordering::AcqRel);
-    if open >= config.server.max_connections as u64 {
-        stats.connections.fetch_sub(1, Ordering::AcqRel);
+    // Admission control: the guard counts the connection now and gives
+    // everything back when it is dropped: by the session when it ends,
+    // however it ends, or here on a refusal or a failed upgrade.
+    let Some(mut admission) = broker.admit() else {
         Stats::add(&stats.connections_refused, 1);
         return unavailable("the broker is at its connection limit", 1);
-    }
+    };
     let remote = SocketAddr::new(
         client_ip(remote, &headers, &config.server.trusted_proxies),
         remote.port(),
     );
-    if !broker.claim_ip_slot(remote.ip()) {
-        stats.connections.fetch_sub(1, Ordering::AcqRel);
+    if !admission.claim_ip(remote.ip()) {
         Stats::add(&stats.per_ip_refused, 1);
         let mut response = refuse(
             StatusCode::TOO_MANY_REQUESTS,
@@ -120,7 +120,8 @@ async fn upgrade(
         .get(header::USER_AGENT)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let peer = broker.register(identity.subject.clone(), remote, user_agent);
+    let peer = admission.register(identity.subject.clone(), remote, user_agent);
+    let linger = linger.map(|axum::Extension(linger)| linger);
     let max_frame = config.limits.max_frame_size.as_u64() as usize;
     let write_buffer = config.websocket.write_buffer.as_u64() as usize;
     let tracker = broker.connection_tracker();
@@ -133,20 +134,15 @@ async fn upgrade(
         .max_write_buffer_size(write_buffer + 2 * max_frame + 4096)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
-        .on_failed_upgrade({
-            let broker = broker.clone();
-            let id = peer.id;
-            move |error| {
-                tracing::debug!(cause = %error, "upgrade failed");
-                broker.unregister(id);
-            }
-        })
+        // On failure axum drops the `on_upgrade` callback, and with it the
+        // admission.
+        .on_failed_upgrade(|error| tracing::debug!(cause = %error, "upgrade failed"))
         .on_upgrade(move |socket| {
             use tracing::Instrument;
             tracker.track_future(
                 async move {
                     tracing::debug!("connected");
-                    Session::new(session_broker, peer, socket, identity)
+                    Session::new(session_broker, admission, peer, socket, identity, linger)
                         .run()
                         .await;
                     tracing::debug!("disconnected");
@@ -311,13 +307,15 @@ pub async fn serve_http(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service =
-            router
-                .clone()
-                .map_request(move |mut request: Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(remote));
-                    request
-                });
+        let linger = CloseLinger::default();
+        let service = router.clone().map_request({
+            let linger = linger.clone();
+            move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(remote));
+                request.extensions_mut().insert(linger.clone());
+                request
+            }
+        });
         let stop = stop_http.clone();
         let options = options.clone();
         http_tasks.spawn(async move {
@@ -328,7 +326,10 @@ pub async fn serve_http(
             };
             let started = tokio::time::Instant::now();
             match options.tls.clone() {
-                None => serve_connection(stream, service, &options, stop, count).await,
+                None => {
+                    let io = LingeringIo::new(stream, linger);
+                    serve_connection(io, service, &options, stop, count).await;
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream))
                         .await
@@ -342,7 +343,8 @@ pub async fn serve_http(
                                 handshake_timeout: remaining,
                                 ..options.clone()
                             };
-                            serve_connection(tls, service, &options, stop, count).await;
+                            let io = LingeringIo::new(tls, linger);
+                            serve_connection(io, service, &options, stop, count).await;
                         }
                         Ok(Err(err)) => {
                             count(|stats| &stats.tls_failures);

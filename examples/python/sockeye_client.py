@@ -12,7 +12,7 @@ the broker (connecting, each message, the close) is bounded by --timeout
 seconds (default 30); past it the client exits with status 1.
 
 Output, one line each:
-  welcome subject=SUB version=1
+  welcome connection_id=N subject=SUB version=1
   subscribed TOPIC epoch=E next_offset=N complete=true|false
   gap FROM..TO                       (only if history was trimmed)
   epoch changed to E                 (only if the topic was reset)
@@ -115,7 +115,15 @@ async def run(args):
         if welcome.get("type") != "welcome":
             raise RuntimeError(f"expected welcome, got {welcome!r}")
         conn.threshold = welcome["limits"]["compression_threshold_bytes"]
-        print(f"welcome subject={welcome['subject']} version={welcome['version']}", flush=True)
+        connection_id = welcome["connection_id"]
+        # An unsigned integer on the wire: the id the admin API lists.
+        if type(connection_id) is not int or connection_id < 0:
+            raise RuntimeError(f"connection_id is not an unsigned integer: {connection_id!r}")
+        print(
+            f"welcome connection_id={connection_id} subject={welcome['subject']}"
+            f" version={welcome['version']}",
+            flush=True,
+        )
 
         waiting = {}  # request id -> kind of request
         sub_id = await conn.request(

@@ -160,8 +160,9 @@ pub enum ClientMessage {
 /// The first frame on every connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
-    /// The broker's id for this connection (also shown in the admin API).
-    pub connection_id: String,
+    /// The broker's id for this connection: the `id` the admin API lists it
+    /// under.
+    pub connection_id: u64,
     /// [`PROTOCOL_VERSION`] of the broker.
     pub version: u32,
     /// The `sub` claim of the token the connection authenticated with.
@@ -660,7 +661,7 @@ impl ServerMessage {
         map.str("type", self.kind());
         match self {
             ServerMessage::Welcome(welcome) => {
-                map.str("connection_id", &welcome.connection_id)
+                map.uint("connection_id", welcome.connection_id)
                     .uint("version", u64::from(welcome.version))
                     .str("subject", &welcome.subject)
                     .uint("heartbeat_interval_ms", welcome.heartbeat_interval_ms)
@@ -742,7 +743,7 @@ impl ServerMessage {
                     field: "limits",
                 })?;
                 ServerMessage::Welcome(Welcome {
-                    connection_id: fields.str("welcome", "connection_id")?.to_owned(),
+                    connection_id: fields.uint("welcome", "connection_id")?,
                     version: u32::try_from(fields.uint("welcome", "version")?).map_err(|_| {
                         DecodeError::WrongType {
                             field: "version",

@@ -79,7 +79,7 @@ fn client_examples() -> Vec<ClientMessage> {
 fn server_examples() -> Vec<ServerMessage> {
     vec![
         ServerMessage::Welcome(Welcome {
-            connection_id: "c-1".into(),
+            connection_id: 1,
             version: 1,
             subject: "alice".into(),
             heartbeat_interval_ms: 20_000,
@@ -88,7 +88,7 @@ fn server_examples() -> Vec<ServerMessage> {
             limits: limits(),
         }),
         ServerMessage::Welcome(Welcome {
-            connection_id: "c-2".into(),
+            connection_id: 2,
             version: 1,
             subject: "svc".into(),
             heartbeat_interval_ms: 1,
@@ -260,6 +260,27 @@ fn encodings_match_the_golden_bytes_in_the_spec() {
         (
             "ping",
             ClientMessage::Ping { id: 3 }.encode_frame(&Compression::default()),
+        ),
+        (
+            "welcome",
+            ServerMessage::Welcome(Welcome {
+                connection_id: 7,
+                version: 1,
+                subject: "alice".into(),
+                heartbeat_interval_ms: 20_000,
+                heartbeat_timeout_ms: 60_000,
+                token_expires_at: Some(1_767_225_600_000),
+                limits: Limits {
+                    max_frame_bytes: 1 << 20,
+                    max_inflated_bytes: 4 << 20,
+                    compression_threshold_bytes: 1024,
+                    max_topic_bytes: 255,
+                    max_subscriptions: 256,
+                    publish_rate_per_sec: 50_000,
+                    publish_burst: 100_000,
+                },
+            })
+            .encode_frame(&Compression::default()),
         ),
         (
             "compressed-publish",

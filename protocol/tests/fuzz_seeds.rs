@@ -151,7 +151,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
         (
             "welcome",
             ServerMessage::Welcome(Welcome {
-                connection_id: "c-1".into(),
+                connection_id: 1,
                 version: 1,
                 subject: "alice".into(),
                 heartbeat_interval_ms: 20_000,

@@ -92,8 +92,9 @@ pub enum ConnectionState {
     Connecting,
     /// Connected: the broker sent `welcome`.
     Connected {
-        /// The broker's id for this connection (as in the admin API).
-        connection_id: String,
+        /// The broker's id for this connection: the `id` the admin API lists
+        /// it under.
+        connection_id: u64,
         /// The `sub` of the token.
         subject: String,
     },

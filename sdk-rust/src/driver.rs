@@ -419,9 +419,9 @@ impl Driver {
             silence: (welcome.heartbeat_timeout_ms > 0)
                 .then(|| Duration::from_millis(welcome.heartbeat_timeout_ms)),
         };
-        tracing::debug!(connection_id = %welcome.connection_id, "connected");
+        tracing::debug!(connection_id = welcome.connection_id, "connected");
         self.state.send_replace(ConnectionState::Connected {
-            connection_id: welcome.connection_id.clone(),
+            connection_id: welcome.connection_id,
             subject: welcome.subject.clone(),
         });
         // Subscribes whose caller gave up while disconnected are not resent.

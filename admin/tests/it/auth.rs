@@ -186,3 +186,26 @@ async fn refused_admin_requests_are_counted_by_reason() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn admin_tokens_with_far_future_expiries_are_accepted_without_a_panic() {
+    let server = TestServer::start().await;
+    // The test server's secret signs any claims we like.
+    let key =
+        jsonwebtoken::EncodingKey::from_secret(b"a-test-secret-that-is-long-enough-for-hs256");
+    for exp in [1u64 << 63, u64::MAX] {
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"sub": "far-admin", "exp": exp, "admin": true}),
+            &key,
+        )
+        .unwrap();
+        let (status, body) = send(
+            server
+                .anonymous(Method::GET, "/v1/stats")
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "exp {exp}: {body}");
+    }
+}

@@ -164,3 +164,99 @@ async fn disconnect_has_a_default_reason_and_bounds_it() {
         (4001, "disconnected by an operator".into())
     );
 }
+
+#[tokio::test]
+async fn a_session_that_panics_releases_its_connection_slot() {
+    // One connection in all, and one per address: a leaked slot would refuse
+    // the next client.
+    let server = TestServer::start_with(|config| {
+        config.server.max_connections = 1;
+        config.server.max_connections_per_ip = 1;
+    })
+    .await;
+    let mut doomed = server.ws_client("doomed", "test-agent").await;
+    doomed.subscribe("doomed.topic").await;
+    let id = doomed.connection_id;
+    let (_, stats) = server.get("/v1/stats").await;
+    assert_eq!(
+        (&stats["connections"], &stats["subscriptions"]),
+        (&json!(1), &json!(1))
+    );
+
+    assert!(
+        server
+            .broker
+            .panic_session_at_next_ping(sockeye_broker::ConnId(id))
+    );
+    doomed
+        .send(&sockeye_protocol::ClientMessage::Ping { id: 99 })
+        .await;
+    // The session died without a close handshake: the socket just ends.
+    assert_eq!(doomed.ended().await, None);
+
+    eventually("the connection to leave the admin API", || async {
+        let (status, _) = server.get(&format!("/v1/connections/{id}")).await;
+        (status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    let (_, page) = server.get("/v1/connections").await;
+    assert_eq!(page, json!({"items": [], "next": null}));
+    let (_, stats) = server.get("/v1/stats").await;
+    assert_eq!(
+        (&stats["connections"], &stats["subscriptions"]),
+        (&json!(0), &json!(0))
+    );
+    let metrics = server
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|line| line == "sockeye_connections 0"),
+        "{metrics}"
+    );
+    // The same address gets in again, under both caps.
+    let mut again = server.ws_client("again", "test-agent").await;
+    again.subscribe("doomed.topic").await;
+    server.publish("doomed.topic", json!("still served")).await;
+    assert_eq!(again.delivery().await.topic, "doomed.topic");
+}
+
+#[tokio::test]
+async fn the_welcome_carries_the_admin_apis_connection_id_as_an_integer() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let server = TestServer::start().await;
+    let mut request = format!("ws://{}/ws", server.ws_addr)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", server.token("raw", false))
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let frame = tokio::time::timeout(crate::support::WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_data();
+    // Read the body as any MessagePack map would be, not with our codec.
+    let body = sockeye_protocol::frame::open(&frame, 1 << 20).unwrap();
+    let welcome: Value = rmp_serde::from_slice(&body).unwrap();
+    assert_eq!(welcome["type"], "welcome");
+    let id = welcome["connection_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("connection_id is not an unsigned integer: {welcome}"));
+    let (_, page) = server.get("/v1/connections").await;
+    assert_eq!(ids(&page), [id]);
+    let (status, one) = server.get(&format!("/v1/connections/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["sub"], "raw");
+}

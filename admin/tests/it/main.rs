@@ -4,6 +4,7 @@
 
 mod auth;
 mod browser;
+mod conformance;
 mod connections;
 mod console;
 mod openapi;

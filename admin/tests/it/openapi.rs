@@ -363,3 +363,72 @@ fn documented_limits_are_the_enforced_ones() {
         );
     }
 }
+
+/// What schemathesis found: `after` cursors the schema bounds (int64) were
+/// accepted. The bound is now 2^53 - 1, written in the document and
+/// enforced.
+#[tokio::test]
+async fn cursors_past_the_documented_maximum_get_400() {
+    use sockeye_admin::MAX_CURSOR;
+
+    let server = TestServer::start().await;
+    server.publish("docs.topic", json!(1)).await;
+    let (_, document) = served_document(&server).await;
+    assert_eq!(MAX_CURSOR, (1 << 53) - 1);
+    for template in ["/v1/connections", "/v1/topics/{topic}/history"] {
+        let schema = &parameter(&document, "get", template, "after")["schema"];
+        assert_eq!(schema["maximum"], MAX_CURSOR, "{template}");
+        assert_eq!(schema["minimum"], 0, "{template}");
+        let path = concrete(template, 0);
+        for after in [MAX_CURSOR + 1, 1 << 63, u64::MAX] {
+            let (status, body) = server.get(&format!("{path}?after={after}")).await;
+            crate::support::assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_parameter");
+        }
+        let (status, body) = server.get(&format!("{path}?after={MAX_CURSOR}")).await;
+        assert_eq!(status, StatusCode::OK, "{template}: {body}");
+    }
+}
+
+/// What schemathesis found: topic names the schema allowed (any string)
+/// were refused. The topic parameter now carries the name rules and the
+/// configured length, so the names it allows are exactly the served ones.
+#[tokio::test]
+async fn every_topic_name_the_schema_allows_is_served_and_no_other() {
+    let server = TestServer::start_with(|config| config.limits.max_topic_length = 40).await;
+    let (_, document) = served_document(&server).await;
+    for (method, template) in [
+        ("get", "/v1/topics/{topic}"),
+        ("get", "/v1/topics/{topic}/history"),
+        ("delete", "/v1/topics/{topic}/history"),
+        ("post", "/v1/topics/{topic}/messages"),
+    ] {
+        let schema = &parameter(&document, method, template, "topic")["schema"];
+        assert_eq!(
+            schema["pattern"], r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$",
+            "{method} {template}"
+        );
+        assert_eq!(schema["maxLength"], 40, "{method} {template}");
+    }
+    // The committed document describes the default configuration.
+    let committed: Value = serde_json::from_str(&sockeye_admin::openapi_json()).unwrap();
+    let schema = &parameter(&committed, "get", "/v1/topics/{topic}", "topic")["schema"];
+    assert_eq!(
+        schema["maxLength"],
+        sockeye_broker::Config::default().limits.max_topic_length
+    );
+
+    let longest = "x".repeat(40);
+    for name in [
+        "a", "A-z_0:9", "a.b.c", "0", "__main__", ":", "-.-", &longest,
+    ] {
+        let (status, body) = server.get(&format!("/v1/topics/{name}")).await;
+        crate::support::assert_error(status, &body, StatusCode::NOT_FOUND, "topic_not_found");
+    }
+    let too_long = "x".repeat(41);
+    for name in [
+        "a..b", ".a", "a.", "*", ">", "a.*", "%C3%A9", "%20", &too_long,
+    ] {
+        let (status, body) = server.get(&format!("/v1/topics/{name}")).await;
+        crate::support::assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_topic");
+    }
+}

@@ -202,3 +202,41 @@ async fn probes_answer_without_credentials_and_readiness_follows_shutdown() {
     let (status, _) = send(server.anonymous(Method::GET, "/healthz")).await;
     assert_eq!(status, StatusCode::OK, "alive while draining");
 }
+
+/// The "Counted as" column of the limits table in docs/security.md.
+fn counters_named_in_the_security_guide() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md");
+    let guide = std::fs::read_to_string(path).unwrap();
+    let start = guide
+        .find("## Every limit, with its default")
+        .expect("docs/security.md has the limits table");
+    let mut names = Vec::new();
+    for line in guide[start..]
+        .lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+    {
+        let counted = line.trim_end_matches('|').rsplit('|').next().unwrap();
+        names.extend(counted.split('`').skip(1).step_by(2).map(str::to_owned));
+    }
+    names
+}
+
+#[tokio::test]
+async fn every_counter_the_security_guide_names_is_a_stats_field() {
+    let server = TestServer::start().await;
+    let (status, stats) = server.get("/v1/stats").await;
+    assert_eq!(status, StatusCode::OK);
+    let names = counters_named_in_the_security_guide();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        let field = name
+            .split('.')
+            .try_fold(&stats, |value, key| value.get(key))
+            .unwrap_or_else(|| {
+                panic!("docs/security.md names `{name}`, not in /v1/stats: {stats}")
+            });
+        assert!(field.is_u64(), "`{name}` is a counter: {field}");
+    }
+}

@@ -216,7 +216,7 @@ impl WsClient {
         };
         match client.recv().await {
             ServerMessage::Welcome(welcome) => {
-                client.connection_id = welcome.connection_id.parse().unwrap();
+                client.connection_id = welcome.connection_id;
             }
             other => panic!("expected welcome, got {other:?}"),
         }
@@ -288,6 +288,34 @@ impl WsClient {
         match self.recv().await {
             ServerMessage::Message(delivery) => delivery,
             other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Sends one request without waiting for anything.
+    pub(crate) async fn send(&mut self, request: &ClientMessage) {
+        self.ws
+            .send(Message::Binary(
+                request.encode_frame(&Compression::default()),
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the connection ends, reading past anything else; returns
+    /// the close frame if one came.
+    pub(crate) async fn ended(&mut self) -> Option<(u16, String)> {
+        let mut close = None;
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("the connection ends in time");
+            match next {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    close = Some((u16::from(code), reason.to_string()));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return close,
+            }
         }
     }
 

@@ -148,3 +148,95 @@ async fn an_inflate_bomb_closes_with_1009() {
     assert!(reason.contains("inflates"), "{reason}");
     still_serving(&broker).await;
 }
+
+#[tokio::test]
+async fn an_8_mib_frame_against_the_1_mib_limit_gets_1009_not_a_reset() {
+    let broker = TestBroker::start().await;
+    assert_eq!(
+        broker.broker.config().limits.max_frame_size,
+        bytesize::ByteSize::mib(1)
+    );
+    let frame = ClientMessage::Publish {
+        id: 1,
+        topic: "big".into(),
+        payload: Payload::binary(&vec![7u8; 8 << 20]),
+        ack: true,
+    }
+    .encode_frame(&Compression::OFF);
+    // Every time, not usually: the broker keeps reading (and discarding)
+    // what the client still sends, so no reset overtakes the close frame.
+    for round in 0..5 {
+        let mut client = broker.client("big").await;
+        client
+            .ws
+            .send(Message::Binary(frame.clone()))
+            .await
+            .unwrap_or_else(|err| panic!("round {round}: the send failed: {err}"));
+        let (code, reason) = client.closed().await;
+        assert_eq!(code, 1009, "round {round}: {reason}");
+        assert!(reason.contains("too large"), "{reason}");
+    }
+    still_serving(&broker).await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_stops_sending_after_1009_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let broker = TestBroker::start().await;
+    let token = broker.token("flood");
+    let mut tcp = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {token}\r\n\r\n",
+        broker.addr
+    );
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    // The 101 response and the welcome frame.
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    while !received.windows(4).any(|window| window == b"\r\n\r\n") {
+        let read = tokio::time::timeout(crate::support::WAIT, tcp.read(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(read > 0, "the handshake was answered");
+        received.extend_from_slice(&buffer[..read]);
+    }
+    assert!(received.starts_with(b"HTTP/1.1 101"));
+    // A masked binary frame header announcing 1 GiB, then bytes for ever.
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    tcp.write_all(&header).await.unwrap();
+    let (mut reader, mut writer) = tcp.into_split();
+    let flood = tokio::spawn(async move {
+        let chunk = vec![0x5a; 64 * 1024];
+        while writer.write_all(&chunk).await.is_ok() {}
+    });
+    // The broker answers with a close frame carrying 1009, then ends the
+    // connection although the client never stops: it drains for a bounded
+    // time only.
+    let mut after_handshake = Vec::new();
+    let ended = tokio::time::timeout(crate::support::WAIT, async {
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => after_handshake.extend_from_slice(&buffer[..read]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the broker stopped draining in time");
+    flood.await.unwrap();
+    let code = 1009u16.to_be_bytes();
+    assert!(
+        after_handshake
+            .windows(4)
+            .any(|window| window[0] == 0x88 && window[2..4] == code),
+        "a close frame with 1009 arrived: {:02x?}",
+        &after_handshake[after_handshake.len().saturating_sub(64)..]
+    );
+    still_serving(&broker).await;
+}

@@ -150,7 +150,7 @@ async fn a_refresh_extends_the_session_past_the_first_expiry() {
 async fn an_operator_disconnect_closes_with_4001() {
     let broker = TestBroker::start().await;
     let mut client = broker.client("victim").await;
-    let id = client.welcome.connection_id.parse::<u64>().unwrap();
+    let id = client.welcome.connection_id;
     assert!(broker.broker.disconnect(
         sockeye_broker::ConnId(id),
         CloseCode::Kicked,

@@ -3,10 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
 mod bad_input;
+mod claims;
 mod disk;
 mod handshake;
 mod history;
 mod lifecycle;
+mod promises;
 mod pubsub;
 mod security;
 mod support;

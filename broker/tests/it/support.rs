@@ -215,7 +215,7 @@ impl Client {
                 let mut client = Self {
                     ws,
                     welcome: Welcome {
-                        connection_id: String::new(),
+                        connection_id: 0,
                         version: 0,
                         subject: String::new(),
                         heartbeat_interval_ms: 0,
@@ -259,7 +259,7 @@ impl Client {
         Self {
             ws,
             welcome: Welcome {
-                connection_id: String::new(),
+                connection_id: 0,
                 version: 1,
                 subject: String::new(),
                 heartbeat_interval_ms: 0,

@@ -83,7 +83,12 @@ async fn the_python_client_subscribes_publishes_and_resumes() {
 
     // First run: no saved position, so everything retained, then its own.
     let lines = run_python(&broker, &state, &["--publish", "2"]).await;
-    assert_eq!(lines[0], "welcome subject=py version=1");
+    let (id, rest) = lines[0]
+        .strip_prefix("welcome connection_id=")
+        .and_then(|line| line.split_once(' '))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(id.parse::<u64>().is_ok_and(|id| id > 0), "{lines:?}");
+    assert_eq!(rest, "subject=py version=1");
     assert!(
         lines[1].starts_with("subscribed notes.py epoch="),
         "{lines:?}"

@@ -66,9 +66,7 @@ async fn requests_wait_for_the_connection_while_the_client_connects() {
 
 fn connection_id(client: &Client) -> sockeye_broker::ConnId {
     match &*client.state().borrow() {
-        ConnectionState::Connected { connection_id, .. } => {
-            sockeye_broker::ConnId(connection_id.parse().unwrap())
-        }
+        ConnectionState::Connected { connection_id, .. } => sockeye_broker::ConnId(*connection_id),
         other => panic!("not connected: {other:?}"),
     }
 }
