@@ -768,15 +768,24 @@ impl Topics {
             return 0;
         }
         let mut delivered = 0;
-        wildcards.for_each_match(topic, |peer| match peer.offer(frame.clone()) {
-            Offer::Queued => delivered += 1,
-            Offer::Closed => {}
-            Offer::Full => {
-                Stats::add(&self.stats.slow_consumer_disconnects, 1);
-                peer.close(
-                    CloseCode::SlowConsumer,
-                    "outbound queue full on a wildcard subscription",
-                );
+        wildcards.for_each_match(topic, |peer| {
+            // A connection already closing gets nothing more: it stays in
+            // the index until its session ends, and offering to it would
+            // only find its queue full again.
+            if peer.is_closing() {
+                return;
+            }
+            match peer.offer(frame.clone()) {
+                Offer::Queued => delivered += 1,
+                Offer::Closed => {}
+                Offer::Full => {
+                    if peer.close(
+                        CloseCode::SlowConsumer,
+                        "outbound queue full on a wildcard subscription",
+                    ) {
+                        Stats::add(&self.stats.slow_consumer_disconnects, 1);
+                    }
+                }
             }
         });
         delivered
@@ -806,10 +815,14 @@ impl Topics {
                 },
             );
         } else {
-            Stats::add(&self.stats.slow_consumer_disconnects, 1);
-            subscriber
+            // Counted once per connection, though it may hold several
+            // subscriptions that each find its queue full.
+            if subscriber
                 .peer
-                .close(CloseCode::SlowConsumer, "outbound queue full");
+                .close(CloseCode::SlowConsumer, "outbound queue full")
+            {
+                Stats::add(&self.stats.slow_consumer_disconnects, 1);
+            }
         }
     }
 
