@@ -48,7 +48,7 @@ use crate::replay::{self, ReplayStart};
 use crate::stats::Stats;
 use crate::store::heads::HeadRecord;
 use crate::store::{Damage, RESERVATION, Store, StoreError, StreamState, now_ms};
-use crate::wildcard::WildcardIndex;
+use crate::wildcard::{WildcardIndex, WildcardLimits, WildcardRefusal};
 
 pub(crate) use flusher::run_flusher;
 pub(crate) use trimmer::run_trimmer;
@@ -280,7 +280,9 @@ impl Topics {
             .collect();
         let topics = Self {
             registry: RwLock::new(HashMap::new()),
-            wildcards: RwLock::new(WildcardIndex::default()),
+            wildcards: RwLock::new(WildcardIndex::new(WildcardLimits::from_config(
+                &config.limits,
+            ))),
             store,
             rules,
             compression: config.compression(),
@@ -913,14 +915,23 @@ impl Topics {
         }
     }
 
-    /// Adds a wildcard subscription.
-    pub(crate) fn subscribe_wildcard(&self, filter: &TopicFilter, peer: Arc<Peer>) {
-        self.wildcards_write().insert(filter, peer);
+    /// Adds a wildcard subscription, unless a broker-wide or per-subject cap
+    /// is reached.
+    pub(crate) fn subscribe_wildcard(
+        &self,
+        filter: &TopicFilter,
+        peer: Arc<Peer>,
+    ) -> Result<(), WildcardRefusal> {
+        let stale = self.wildcards_write().insert(filter, peer)?;
+        // The emptied match cache is freed here, after the write lock.
+        drop(stale);
+        Ok(())
     }
 
     /// Removes a wildcard subscription.
     pub(crate) fn unsubscribe_wildcard(&self, filter: &TopicFilter, peer: ConnId) {
-        self.wildcards_write().remove(filter, peer);
+        let stale = self.wildcards_write().remove(filter, peer);
+        drop(stale);
     }
 
     /// The first offset a replay of `epoch` may not read yet (`None` if the
