@@ -5,7 +5,8 @@
 //!
 //! Three kinds, always taken in this order and never across an `.await`:
 //! the registry map (`Topics::registry`), then one topic's state
-//! (`Topic::state`), then the wildcard index (`Topics::wildcards`). The
+//! (`Topic::state`), then the wildcard index (`Topics::wildcards`, whose
+//! match cache has its own lock, taken right after it). The
 //! work lists (`dirty`, `unreleased`, `trim_queue`, `age_schedule`) are
 //! leaves: taken last, held for a push or a swap.
 //!
