@@ -316,6 +316,10 @@ pub(crate) struct WildcardArgs {
     /// Payload bytes per message (at least 24: the stamp).
     #[arg(long, default_value = "100")]
     pub(crate) size: Size,
+    /// The healthy client's token, for another `sub` than the attackers'
+    /// (the broker caps wildcard filters per `sub`); default: the run's.
+    #[arg(long, env = "BENCH_HEALTHY_TOKEN", hide_env_values = true)]
+    pub(crate) healthy_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

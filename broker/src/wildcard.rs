@@ -14,8 +14,9 @@
 //! (`limits.max_filter_wildcards`) and at most `s` segments per wildcard
 //! filter (`limits.max_wildcard_filter_segments`) a miss visits at most
 //! `sum(d = 0..=s) sum(j = 0..=k) C(d, j)` nodes, whatever the number of
-//! filters: 9,401 with the defaults (`k = 4`, `s = 16`), one hash lookup
-//! each, plus the matches themselves. The per-connection, per-subject and
+//! filters: 9,401 with the defaults (`k = 4`, `s = 16`), each one probe of
+//! a hash table with the topic segment's hash (computed once per publish,
+//! not once per node), plus the matches themselves. The per-connection, per-subject and
 //! broker-wide caps bound the index's memory and how much of that one token
 //! can build.
 //!
@@ -26,8 +27,11 @@
 //! publisher's.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::mem::size_of;
 use std::sync::{Arc, Mutex};
+
+use hashbrown::HashTable;
 
 use sockeye_protocol::{TopicFilter, TopicName};
 
@@ -109,6 +113,9 @@ pub(crate) struct WildcardIndex {
     per_subject: HashMap<String, usize>,
     limits: WildcardLimits,
     cache: MatchCache,
+    /// Hashes literal segments: keyed SipHash, so filter literals chosen by
+    /// clients cannot be made to collide.
+    hasher: RandomState,
 }
 
 /// Cache entries dropped by a change of the index: dropped by the caller
@@ -120,8 +127,9 @@ pub(crate) struct StaleMatches(#[allow(dead_code)] CacheMap);
 
 #[derive(Debug, Default)]
 struct Node {
-    /// Children by literal segment.
-    literal: HashMap<Box<str>, Node>,
+    /// Children by literal segment, with the segment's hash: a publish
+    /// hashes each of its segments once and probes every node with it.
+    literal: HashTable<Literal>,
     /// The `*` child.
     star: Option<Box<Node>>,
     /// Peers whose filter ends here.
@@ -138,6 +146,14 @@ struct Node {
     /// Bit `r` (63: 63 or more): a filter with a trailing `>` has its `>`
     /// `r` segments below this node.
     tails: u64,
+}
+
+/// A literal child: its segment's hash, the segment, and the node.
+#[derive(Debug)]
+struct Literal {
+    hash: u64,
+    segment: Box<str>,
+    node: Node,
 }
 
 /// How far below a node a filter ends, and whether it ends with `>`.
@@ -209,6 +225,12 @@ impl Node {
         self.refresh_masks();
     }
 
+    fn child(&self, segment: &str, hash: u64) -> Option<&Node> {
+        self.literal
+            .find(hash, |literal| &*literal.segment == segment)
+            .map(|literal| &literal.node)
+    }
+
     fn refresh_masks(&mut self) {
         self.ends = 0;
         self.tails = 0;
@@ -263,7 +285,23 @@ impl WildcardIndex {
             node = match *segment {
                 ">" => break,
                 "*" => node.star.get_or_insert_with(Box::default),
-                literal => node.literal.entry(literal.into()).or_default(),
+                literal => {
+                    let hash = self.hasher.hash_one(literal);
+                    &mut node
+                        .literal
+                        .entry(
+                            hash,
+                            |known| &*known.segment == literal,
+                            |known| known.hash,
+                        )
+                        .or_insert_with(|| Literal {
+                            hash,
+                            segment: literal.into(),
+                            node: Node::default(),
+                        })
+                        .into_mut()
+                        .node
+                }
             };
         }
         if segments.last() == Some(&">") {
@@ -280,7 +318,7 @@ impl WildcardIndex {
     /// Removes `peer` from `filter`; `None` if it was not there.
     pub(crate) fn remove(&mut self, filter: &TopicFilter, peer: ConnId) -> Option<StaleMatches> {
         let segments: Vec<&str> = filter.segments().collect();
-        let removed = Self::remove_at(&mut self.root, &segments, peer)?;
+        let removed = Self::remove_at(&mut self.root, &segments, peer, &self.hasher)?;
         self.len -= 1;
         if let Some(held) = self.per_subject.get_mut(&removed.subject) {
             *held -= 1;
@@ -291,7 +329,12 @@ impl WildcardIndex {
         Some(self.cache.take())
     }
 
-    fn remove_at(node: &mut Node, segments: &[&str], peer: ConnId) -> Option<Arc<Peer>> {
+    fn remove_at(
+        node: &mut Node,
+        segments: &[&str],
+        peer: ConnId,
+        hasher: &RandomState,
+    ) -> Option<Arc<Peer>> {
         let take = |list: &mut Vec<Arc<Peer>>| {
             let index = list.iter().position(|entry| entry.id == peer)?;
             Some(list.swap_remove(index))
@@ -301,17 +344,24 @@ impl WildcardIndex {
             Some((&">", _)) => take(&mut node.tail),
             Some((&"*", rest)) => {
                 let child = node.star.as_deref_mut()?;
-                let removed = Self::remove_at(child, rest, peer);
+                let removed = Self::remove_at(child, rest, peer, hasher);
                 if child.is_empty() {
                     node.star = None;
                 }
                 removed
             }
             Some((literal, rest)) => {
-                let child = node.literal.get_mut(*literal)?;
-                let removed = Self::remove_at(child, rest, peer);
+                let hash = hasher.hash_one(*literal);
+                let Ok(mut entry) = node
+                    .literal
+                    .find_entry(hash, |known| &*known.segment == *literal)
+                else {
+                    return None;
+                };
+                let child = &mut entry.get_mut().node;
+                let removed = Self::remove_at(child, rest, peer, hasher);
                 if child.is_empty() {
-                    node.literal.remove(*literal);
+                    entry.remove();
                 }
                 removed
             }
@@ -330,11 +380,12 @@ impl WildcardIndex {
             peers.iter().for_each(visit);
             return;
         }
-        // Topics have few segments: keep them on the stack.
-        let mut segments = [""; 16];
+        // Topics have few segments: keep them, hashed, on the stack.
+        let mut segments = [("", 0); 16];
         let mut count = 0;
         let mut overflow = Vec::new();
         for segment in topic.segments() {
+            let segment = (segment, self.hasher.hash_one(segment));
             if count < segments.len() {
                 segments[count] = segment;
                 count += 1;
@@ -368,14 +419,15 @@ impl WildcardIndex {
     }
 
     /// Visits the matches below `node` for the rest of the topic,
-    /// `segments`. Only called for nodes that [`Node::may_match`] it.
-    fn visit_at(node: &Node, segments: &[&str], visit: &mut impl FnMut(&Arc<Peer>)) {
+    /// `segments` (each with its hash). Only called for nodes that
+    /// [`Node::may_match`] it.
+    fn visit_at(node: &Node, segments: &[(&str, u64)], visit: &mut impl FnMut(&Arc<Peer>)) {
         match segments.split_first() {
             None => node.here.iter().for_each(&mut *visit),
-            Some((segment, rest)) => {
+            Some(((segment, hash), rest)) => {
                 node.tail.iter().for_each(&mut *visit);
                 let remaining = rest.len();
-                if let Some(child) = node.literal.get(*segment)
+                if let Some(child) = node.child(segment, *hash)
                     && child.may_match(remaining)
                 {
                     Self::visit_at(child, rest, visit);
@@ -773,7 +825,10 @@ mod tests {
         add(&mut index, "a.*.c.d", peer(1));
         add(&mut index, "a.b.>", peer(2));
         // The `a` node: a filter ending 3 below, a `>` 2 below.
-        let a = index.root.literal.get("a").expect("a");
+        let a = index
+            .root
+            .child("a", index.hasher.hash_one("a"))
+            .expect("a");
         assert_eq!((a.ends, a.tails), (1 << 3, 1 << 1));
         assert!(!a.may_match(1)); // `a.x`: `>` needs one more, `a.*.c.d` two
         assert!(a.may_match(2)); // `a.b.x` for `a.b.>`
@@ -781,7 +836,10 @@ mod tests {
         assert_eq!(matches(&index, "a.b"), Vec::<u64>::new());
         assert_eq!(matches(&index, "a.b.c.d"), vec![1, 2]);
         let _ = index.remove(&filter("a.b.>"), ConnId(2)).expect("held");
-        let a = index.root.literal.get("a").expect("a");
+        let a = index
+            .root
+            .child("a", index.hasher.hash_one("a"))
+            .expect("a");
         assert_eq!((a.ends, a.tails), (1 << 3, 0));
     }
 

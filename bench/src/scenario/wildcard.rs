@@ -9,7 +9,8 @@
 //! The broker accepts what its caps allow and refuses the rest. Attacker
 //! connections read and discard whatever they are sent.
 //!
-//! Then one healthy connection, subscribed to one exact topic, publishes
+//! Then one healthy connection (with `--healthy-token`, of another `sub`),
+//! subscribed to one exact topic, publishes
 //! `messages` messages to it one at a time and waits for each delivery: the
 //! publish-to-delivery round trip, through the broker's wildcard match of
 //! every publish. The topic has `topic_segments` segments, the first
@@ -152,7 +153,13 @@ pub(crate) async fn run(context: &RunContext, args: &WildcardArgs) -> anyhow::Re
         });
     }
 
-    let mut healthy = context.dialer.open(Role::Subscriber).await?;
+    let mut healthy = match &args.healthy_token {
+        Some(token) => {
+            let dialer = context.dialer.with_token(token.clone()).await?;
+            dialer.open(Role::Subscriber).await?
+        }
+        None => context.dialer.open(Role::Subscriber).await?,
+    };
     // With distinct topics the healthy client holds one wildcard filter
     // matching all of them (its last segment `*`), so no subscription
     // changes during the measurement.
