@@ -621,7 +621,13 @@ impl Session {
             ));
         }
         let max_wildcards = limits.max_wildcard_subscriptions;
-        if wildcard && self.held.values().filter(|held| held.exact.is_none()).count() >= max_wildcards
+        if wildcard
+            && self
+                .held
+                .values()
+                .filter(|held| held.exact.is_none())
+                .count()
+                >= max_wildcards
         {
             return Err(Refusal::new(
                 ErrorCode::TooManySubscriptions,

@@ -76,7 +76,9 @@ pub(crate) enum WildcardRefusal {
     #[error("the broker holds its maximum of {limit} wildcard subscriptions")]
     Total { limit: usize },
     /// The token's `sub` holds `limits.max_wildcard_subscriptions_per_subject`.
-    #[error("connections of this token's `sub` hold their maximum of {limit} wildcard subscriptions")]
+    #[error(
+        "connections of this token's `sub` hold their maximum of {limit} wildcard subscriptions"
+    )]
     Subject { limit: usize },
 }
 
@@ -289,11 +291,7 @@ impl WildcardIndex {
                     let hash = self.hasher.hash_one(literal);
                     &mut node
                         .literal
-                        .entry(
-                            hash,
-                            |known| &*known.segment == literal,
-                            |known| known.hash,
-                        )
+                        .entry(hash, |known| &*known.segment == literal, |known| known.hash)
                         .or_insert_with(|| Literal {
                             hash,
                             segment: literal.into(),
@@ -531,13 +529,8 @@ impl MatchCache {
             map.sweep(self.max_entries / 4 * 3, self.max_bytes / 4 * 3);
         }
         map.bytes += cost;
-        map.entries.insert(
-            topic.into(),
-            CachedMatch {
-                peers,
-                used: false,
-            },
-        );
+        map.entries
+            .insert(topic.into(), CachedMatch { peers, used: false });
     }
 
     /// Empties the cache; the old entries are returned to be freed later.

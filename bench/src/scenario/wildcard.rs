@@ -220,10 +220,7 @@ pub(crate) async fn run(context: &RunContext, args: &WildcardArgs) -> anyhow::Re
                 break;
             }
             Err(_) => {
-                errors.add(format!(
-                    "no delivery within {:?}",
-                    args.round_trip_timeout
-                ));
+                errors.add(format!("no delivery within {:?}", args.round_trip_timeout));
                 break;
             }
         }
@@ -283,4 +280,3 @@ pub(crate) async fn run(context: &RunContext, args: &WildcardArgs) -> anyhow::Re
     }
     .into_report(context))
 }
-
