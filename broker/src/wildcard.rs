@@ -131,7 +131,7 @@ pub(crate) struct StaleMatches(#[allow(dead_code)] CacheMap);
 struct Node {
     /// Children by literal segment, with the segment's hash: a publish
     /// hashes each of its segments once and probes every node with it.
-    literal: HashTable<Literal>,
+    literal: Literals,
     /// The `*` child.
     star: Option<Box<Node>>,
     /// Peers whose filter ends here.
@@ -156,6 +156,113 @@ struct Literal {
     hash: u64,
     segment: Box<str>,
     node: Node,
+}
+
+/// A node's literal children. Most nodes have one (the rest of a filter
+/// nobody shares): a few are kept in a vector of exactly their number,
+/// scanned by hash, and only more in a hash table, whose smallest
+/// allocation holds four children.
+#[derive(Debug)]
+enum Literals {
+    Few(Vec<Literal>),
+    Many(HashTable<Literal>),
+}
+
+/// Most children kept in [`Literals::Few`].
+const FEW_LITERALS: usize = 8;
+
+impl Default for Literals {
+    fn default() -> Self {
+        Self::Few(Vec::new())
+    }
+}
+
+impl Literals {
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Few(few) => few.is_empty(),
+            Self::Many(many) => many.is_empty(),
+        }
+    }
+
+    fn get(&self, segment: &str, hash: u64) -> Option<&Node> {
+        let found = match self {
+            Self::Few(few) => few.iter().find(|known| known.is(segment, hash)),
+            Self::Many(many) => many.find(hash, |known| known.is(segment, hash)),
+        };
+        found.map(|known| &known.node)
+    }
+
+    fn get_mut(&mut self, segment: &str, hash: u64) -> Option<&mut Node> {
+        let found = match self {
+            Self::Few(few) => few.iter_mut().find(|known| known.is(segment, hash)),
+            Self::Many(many) => many.find_mut(hash, |known| known.is(segment, hash)),
+        };
+        found.map(|known| &mut known.node)
+    }
+
+    fn get_or_insert(&mut self, segment: &str, hash: u64) -> &mut Node {
+        if let Self::Few(few) = self
+            && few.len() == FEW_LITERALS
+            && !few.iter().any(|known| known.is(segment, hash))
+        {
+            let mut many = HashTable::with_capacity(FEW_LITERALS + 1);
+            for known in few.drain(..) {
+                many.insert_unique(known.hash, known, |known| known.hash);
+            }
+            *self = Self::Many(many);
+        }
+        let fresh = || Literal {
+            hash,
+            segment: segment.into(),
+            node: Node::default(),
+        };
+        match self {
+            Self::Few(few) => {
+                let index = match few.iter().position(|known| known.is(segment, hash)) {
+                    Some(index) => index,
+                    None => {
+                        few.reserve_exact(1);
+                        few.push(fresh());
+                        few.len() - 1
+                    }
+                };
+                &mut few[index].node
+            }
+            Self::Many(many) => {
+                &mut many
+                    .entry(hash, |known| known.is(segment, hash), |known| known.hash)
+                    .or_insert_with(fresh)
+                    .into_mut()
+                    .node
+            }
+        }
+    }
+
+    fn remove(&mut self, segment: &str, hash: u64) {
+        match self {
+            Self::Few(few) => {
+                few.retain(|known| !known.is(segment, hash));
+                few.shrink_to_fit();
+            }
+            Self::Many(many) => {
+                if let Ok(entry) = many.find_entry(hash, |known| known.is(segment, hash)) {
+                    entry.remove();
+                }
+                if many.len() <= FEW_LITERALS / 2 {
+                    let mut few = Vec::with_capacity(many.len());
+                    few.extend(many.drain());
+                    *self = Self::Few(few);
+                }
+            }
+        }
+    }
+}
+
+impl Literal {
+    fn is(&self, segment: &str, hash: u64) -> bool {
+        self.hash == hash && &*self.segment == segment
+    }
 }
 
 /// How far below a node a filter ends, and whether it ends with `>`.
@@ -228,9 +335,7 @@ impl Node {
     }
 
     fn child(&self, segment: &str, hash: u64) -> Option<&Node> {
-        self.literal
-            .find(hash, |literal| &*literal.segment == segment)
-            .map(|literal| &literal.node)
+        self.literal.get(segment, hash)
     }
 
     fn refresh_masks(&mut self) {
@@ -289,16 +394,7 @@ impl WildcardIndex {
                 "*" => node.star.get_or_insert_with(Box::default),
                 literal => {
                     let hash = self.hasher.hash_one(literal);
-                    &mut node
-                        .literal
-                        .entry(hash, |known| &*known.segment == literal, |known| known.hash)
-                        .or_insert_with(|| Literal {
-                            hash,
-                            segment: literal.into(),
-                            node: Node::default(),
-                        })
-                        .into_mut()
-                        .node
+                    node.literal.get_or_insert(literal, hash)
                 }
             };
         }
@@ -350,16 +446,10 @@ impl WildcardIndex {
             }
             Some((literal, rest)) => {
                 let hash = hasher.hash_one(*literal);
-                let Ok(mut entry) = node
-                    .literal
-                    .find_entry(hash, |known| &*known.segment == *literal)
-                else {
-                    return None;
-                };
-                let child = &mut entry.get_mut().node;
+                let child = node.literal.get_mut(literal, hash)?;
                 let removed = Self::remove_at(child, rest, peer, hasher);
                 if child.is_empty() {
-                    entry.remove();
+                    node.literal.remove(literal, hash);
                 }
                 removed
             }
@@ -723,6 +813,41 @@ mod tests {
             }
         }
         check(&index, &|id| id % 3 != 0);
+    }
+
+    #[test]
+    fn nodes_with_many_literal_children_switch_to_a_table_and_back() {
+        let mut index = WildcardIndex::new(unlimited());
+        let is_many = |index: &WildcardIndex| matches!(index.root.literal, Literals::Many(_));
+        for n in 0..20 {
+            add(&mut index, &format!("k{n}.*"), peer(n));
+            assert_eq!(is_many(&index), n >= FEW_LITERALS as u64, "{n}");
+        }
+        for n in 0..20 {
+            assert_eq!(matches(&index, &format!("k{n}.x")), vec![n]);
+        }
+        assert_eq!(matches(&index, "k20.x"), Vec::<u64>::new());
+        // Removing all but a few goes back to a vector; every match holds.
+        for n in (0..20).filter(|n| n % 5 != 0) {
+            assert!(
+                index
+                    .remove(&filter(&format!("k{n}.*")), ConnId(n))
+                    .is_some()
+            );
+        }
+        assert!(!is_many(&index));
+        for n in 0..20 {
+            let expected = if n % 5 == 0 { vec![n] } else { Vec::new() };
+            assert_eq!(matches(&index, &format!("k{n}.x")), expected, "{n}");
+        }
+        for n in [0, 5, 10, 15] {
+            assert!(
+                index
+                    .remove(&filter(&format!("k{n}.*")), ConnId(n))
+                    .is_some()
+            );
+        }
+        assert!(index.root.is_empty());
     }
 
     #[test]

@@ -318,7 +318,11 @@ async fn a_slow_subscriber_is_one_slow_consumer_event_however_many_messages_find
     let mut sent = 0u64;
     let mut publish_batch = async |publisher: &mut Client, count: u64| {
         for _ in 0..count {
-            let topic = if sent.is_multiple_of(2) { "flood.a" } else { "plain" };
+            let topic = if sent.is_multiple_of(2) {
+                "flood.a"
+            } else {
+                "plain"
+            };
             let id = publisher.next_id();
             publisher
                 .send(&ClientMessage::Publish {
