@@ -14,9 +14,9 @@
 //! (`limits.max_filter_wildcards`) and at most `s` segments per wildcard
 //! filter (`limits.max_wildcard_filter_segments`) a miss visits at most
 //! `sum(d = 0..=s) sum(j = 0..=k) C(d, j)` nodes, whatever the number of
-//! filters: 9,401 with the defaults (`k = 4`, `s = 16`), each one probe of
-//! a hash table with the topic segment's hash (computed once per publish,
-//! not once per node), plus the matches themselves. The per-connection, per-subject and
+//! filters: 9,401 with the defaults (`k = 4`, `s = 16`), each one lookup
+//! among the node's literal children by the topic segment's hash (computed
+//! once per publish, not once per node), plus the matches themselves. The per-connection, per-subject and
 //! broker-wide caps bound the index's memory and how much of that one token
 //! can build.
 //!
