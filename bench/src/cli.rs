@@ -34,6 +34,8 @@ pub(crate) enum Command {
     Resume(ResumeArgs),
     /// Scenario 6: connects + handshakes (+ JWT verification) per second.
     Churn(ChurnArgs),
+    /// Scenario 7: a wildcard-filter flood, and a healthy client's round trips (Sockeye only).
+    Wildcard(WildcardArgs),
     /// Run the minimal tokio-tungstenite broadcaster (the baseline target).
     Baseline(BaselineArgs),
     /// Turn a directory of JSON results into a markdown table and an SVG chart.
@@ -275,6 +277,49 @@ pub(crate) struct ChurnArgs {
     /// Most handshakes in total.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) max_handshakes: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct WildcardArgs {
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+    /// Attacker connections (all with the one token).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) attackers: u32,
+    /// Filters each attacker subscribes (refusals are counted, not fatal).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) filters: u32,
+    /// Segments of the flood's name; its filters are the literal/`*`
+    /// combinations of them.
+    #[arg(long, default_value_t = 14)]
+    pub(crate) segments: usize,
+    /// Segments of the healthy client's topic.
+    #[arg(long, default_value_t = 15)]
+    pub(crate) topic_segments: usize,
+    /// Leading segments of the healthy topic equal to the flood's literals
+    /// (the rest are `miss`).
+    #[arg(long, default_value_t = 14)]
+    pub(crate) prefix: usize,
+    /// A new topic for every publish (its last segment numbered), so that
+    /// no cached match result helps.
+    #[arg(long)]
+    pub(crate) distinct: bool,
+    /// Round trips to measure.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) messages: u64,
+    /// Stop measuring after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    /// Give up on a round trip after this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub(crate) round_trip_timeout: Duration,
+    /// Payload bytes per message (at least 24: the stamp).
+    #[arg(long, default_value = "100")]
+    pub(crate) size: Size,
+    /// The healthy client's token, for another `sub` than the attackers'
+    /// (the broker caps wildcard filters per `sub`); default: the run's.
+    #[arg(long, env = "BENCH_HEALTHY_TOKEN", hide_env_values = true)]
+    pub(crate) healthy_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

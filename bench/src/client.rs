@@ -136,6 +136,15 @@ impl Dialer {
         })
     }
 
+    /// A dialer to the same target that authenticates with `token`.
+    pub(crate) async fn with_token(&self, token: String) -> anyhow::Result<Self> {
+        let settings = DialSettings {
+            token: Some(token),
+            ..self.settings.clone()
+        };
+        Self::new(self.target, settings).await
+    }
+
     /// The target this dialer connects to.
     pub(crate) fn target(&self) -> Target {
         self.target

@@ -1,7 +1,7 @@
 //! `sockeye-bench`: the load generator and benchmark tools.
 //!
 //! - Scenario subcommands (`fanout`, `topics`, `idle`, `durable`, `resume`,
-//!   `churn`) drive a target over the network (Sockeye, nats-server over
+//!   `churn`, `wildcard`) drive a target over the network (Sockeye, nats-server over
 //!   WebSocket, or the baseline), print a table and write a JSON report.
 //! - `baseline` runs the minimal tokio-tungstenite broadcaster.
 //! - `report` turns a directory of JSON reports into markdown tables, an SVG
@@ -99,6 +99,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::Churn(args) => run_scenario(args.run.clone(), |context| {
             Box::pin(async move { scenario::churn::run(context, &args).await })
+        }),
+        Command::Wildcard(args) => run_scenario(args.run.clone(), |context| {
+            Box::pin(async move { scenario::wildcard::run(context, &args).await })
         }),
     }
 }

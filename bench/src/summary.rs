@@ -105,6 +105,7 @@ pub(crate) fn groups(reports: &[Report]) -> Vec<Group<'_>> {
             ("durable", _) => ("Durable publish (scenario 4)", Headline::Rate),
             ("resume", _) => ("Resume (scenario 5)", Headline::ReplaySeconds),
             ("churn", _) => ("Connection churn (scenario 6)", Headline::Rate),
+            ("wildcard", _) => ("Wildcard flood: round trips (scenario 7)", Headline::P99),
             _ => ("Other", Headline::Rate),
         };
         let group = match groups.iter_mut().position(|group| group.title == title) {

@@ -458,6 +458,33 @@ fn sockeye_runs_every_scenario_and_the_report_summarises_them() {
     );
     assert_eq!(resume["expected"], 500);
     assert!(resume["extra"]["replay_seconds"].as_f64().unwrap() > 0.0);
+    // 4 x 16 filters over 6 segments: the 7 with more than 4 `*` are
+    // refused by the broker's default shape limit, the rest accepted.
+    let wildcard = scenario(
+        &target,
+        results.path(),
+        "wildcard",
+        &[
+            "--attackers",
+            "4",
+            "--filters",
+            "16",
+            "--segments",
+            "6",
+            "--topic-segments",
+            "7",
+            "--prefix",
+            "6",
+            "--messages",
+            "50",
+        ],
+    );
+    assert_eq!(wildcard["expected"], 50);
+    assert_eq!(wildcard["extra"]["filters_accepted"], 57.0, "{wildcard:#}");
+    assert_eq!(
+        wildcard["extra"]["filters_refused_invalid_topic"], 7.0,
+        "{wildcard:#}"
+    );
 
     let docs = results.path().join("benchmarks.md");
     std::fs::write(
@@ -491,6 +518,7 @@ fn sockeye_runs_every_scenario_and_the_report_summarises_them() {
         "Durable publish",
         "Resume",
         "Connection churn",
+        "Wildcard flood",
         "Every run",
     ] {
         assert!(summary.contains(heading), "no {heading:?} in:\n{summary}");

@@ -225,6 +225,27 @@ pub struct LimitsConfig {
     pub publish_bytes_rate: ByteSize,
     /// What happens to a subscriber whose outbound queue is full.
     pub slow_consumer: SlowConsumerPolicy,
+    /// Most wildcard subscriptions (filters with `*` or `>`) one connection
+    /// may hold, within `max_subscriptions`.
+    pub max_wildcard_subscriptions: usize,
+    /// Most wildcard subscriptions the connections of one token `sub` may
+    /// hold together. Clients sharing one token share this allowance.
+    pub max_wildcard_subscriptions_per_subject: usize,
+    /// Most wildcard subscriptions in the whole broker.
+    pub max_wildcard_subscriptions_total: usize,
+    /// Most `*` segments in one filter: with `max_wildcard_filter_segments`
+    /// it bounds the trie branches one publish can visit, however many
+    /// filters exist.
+    pub max_filter_wildcards: usize,
+    /// Most segments (`>` included) in one wildcard filter; exact filters
+    /// are bounded by `max_topic_length` only.
+    pub max_wildcard_filter_segments: usize,
+    /// Topics whose wildcard match results are cached (0: no cache); the
+    /// cache is emptied whenever a wildcard subscription is added or removed.
+    pub wildcard_match_cache: usize,
+    /// Most bytes that cache accounts for (topics, results, per-entry
+    /// overhead).
+    pub wildcard_match_cache_bytes: ByteSize,
 }
 
 /// What the broker does when a subscriber's outbound queue is full.
@@ -419,6 +440,13 @@ impl Default for LimitsConfig {
             publish_burst: 100_000,
             publish_bytes_rate: ByteSize::mib(64),
             slow_consumer: SlowConsumerPolicy::CatchUp,
+            max_wildcard_subscriptions: 64,
+            max_wildcard_subscriptions_per_subject: 256,
+            max_wildcard_subscriptions_total: 16_384,
+            max_filter_wildcards: 4,
+            max_wildcard_filter_segments: 16,
+            wildcard_match_cache: 4096,
+            wildcard_match_cache_bytes: ByteSize::mib(4),
         }
     }
 }
@@ -540,6 +568,12 @@ impl Config {
             return Err(invalid(
                 "limits.outbound_queue_bytes",
                 "must be 1 KiB to 4 GiB",
+            ));
+        }
+        if limits.max_wildcard_filter_segments == 0 {
+            return Err(invalid(
+                "limits.max_wildcard_filter_segments",
+                "must be at least 1",
             ));
         }
         if limits.max_pending_acks == 0 {

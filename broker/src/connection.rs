@@ -598,6 +598,10 @@ impl Session {
         let max_subscriptions = limits.max_subscriptions;
         let filter = TopicFilter::parse(text, limits.max_topic_length)
             .map_err(|err| Refusal::new(ErrorCode::InvalidTopic, err.to_string()))?;
+        let wildcard = !filter.is_exact();
+        if wildcard && let Some(shape) = crate::wildcard::shape_error(&filter, limits) {
+            return Err(Refusal::new(ErrorCode::InvalidTopic, shape));
+        }
         if !self.identity.permissions.may_subscribe(&filter) {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
@@ -614,6 +618,20 @@ impl Session {
             return Err(Refusal::new(
                 ErrorCode::TooManySubscriptions,
                 format!("at most {max_subscriptions} subscriptions per connection"),
+            ));
+        }
+        let max_wildcards = limits.max_wildcard_subscriptions;
+        if wildcard
+            && self
+                .held
+                .values()
+                .filter(|held| held.exact.is_none())
+                .count()
+                >= max_wildcards
+        {
+            return Err(Refusal::new(
+                ErrorCode::TooManySubscriptions,
+                format!("at most {max_wildcards} wildcard subscriptions per connection"),
             ));
         }
         if let Some(other) = self.held.keys().find(|held| held.overlaps(&filter)) {
@@ -655,7 +673,11 @@ impl Session {
                         "positions need an exact topic, not a wildcard filter",
                     ));
                 }
-                topics.subscribe_wildcard(&filter, Arc::clone(&self.peer));
+                topics
+                    .subscribe_wildcard(&filter, Arc::clone(&self.peer))
+                    .map_err(|refusal| {
+                        Refusal::new(ErrorCode::TooManySubscriptions, refusal.to_string())
+                    })?;
                 let reply = sockeye_protocol::Subscribed {
                     id,
                     topic: filter.to_string(),

@@ -163,17 +163,23 @@ impl Peer {
     }
 
     /// Asks the connection to close with `code`. The first reason wins.
-    pub fn close(&self, code: CloseCode, reason: impl Into<String>) {
-        {
+    /// Returns true for that first call only, so that whoever counts closes
+    /// (slow consumers, say) counts each connection once, however many
+    /// publishes find it full while it is closing.
+    pub fn close(&self, code: CloseCode, reason: impl Into<String>) -> bool {
+        let first = {
             let mut slot = self
                 .close_reason
                 .lock()
                 .expect("no code panics while holding close_reason");
-            if slot.is_none() {
+            let first = slot.is_none();
+            if first {
                 *slot = Some((code, reason.into()));
             }
-        }
+            first
+        };
         self.close.cancel();
+        first
     }
 
     /// Resolves when [`Peer::close`] was called.

@@ -8,12 +8,15 @@
 //! - [`durable`]: scenario 4, concurrent publishers waiting for acks.
 //! - [`resume`]: scenario 5, replay to a subscriber that comes back behind.
 //! - [`churn`]: scenario 6, connection setup rate.
+//! - [`wildcard`]: scenario 7, a wildcard-filter flood and a healthy
+//!   client's round trips through it.
 
 pub(crate) mod churn;
 pub(crate) mod durable;
 pub(crate) mod fanout;
 pub(crate) mod idle;
 pub(crate) mod resume;
+pub(crate) mod wildcard;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -5,7 +5,8 @@
 //!
 //! Three kinds, always taken in this order and never across an `.await`:
 //! the registry map (`Topics::registry`), then one topic's state
-//! (`Topic::state`), then the wildcard index (`Topics::wildcards`). The
+//! (`Topic::state`), then the wildcard index (`Topics::wildcards`, whose
+//! match cache has its own lock, taken right after it). The
 //! work lists (`dirty`, `unreleased`, `trim_queue`, `age_schedule`) are
 //! leaves: taken last, held for a push or a swap.
 //!
@@ -48,7 +49,7 @@ use crate::replay::{self, ReplayStart};
 use crate::stats::Stats;
 use crate::store::heads::HeadRecord;
 use crate::store::{Damage, RESERVATION, Store, StoreError, StreamState, now_ms};
-use crate::wildcard::WildcardIndex;
+use crate::wildcard::{WildcardIndex, WildcardLimits, WildcardRefusal};
 
 pub(crate) use flusher::run_flusher;
 pub(crate) use trimmer::run_trimmer;
@@ -280,7 +281,9 @@ impl Topics {
             .collect();
         let topics = Self {
             registry: RwLock::new(HashMap::new()),
-            wildcards: RwLock::new(WildcardIndex::default()),
+            wildcards: RwLock::new(WildcardIndex::new(WildcardLimits::from_config(
+                &config.limits,
+            ))),
             store,
             rules,
             compression: config.compression(),
@@ -768,15 +771,24 @@ impl Topics {
             return 0;
         }
         let mut delivered = 0;
-        wildcards.for_each_match(topic, |peer| match peer.offer(frame.clone()) {
-            Offer::Queued => delivered += 1,
-            Offer::Closed => {}
-            Offer::Full => {
-                Stats::add(&self.stats.slow_consumer_disconnects, 1);
-                peer.close(
-                    CloseCode::SlowConsumer,
-                    "outbound queue full on a wildcard subscription",
-                );
+        wildcards.for_each_match(topic, |peer| {
+            // A connection already closing gets nothing more: it stays in
+            // the index until its session ends, and offering to it would
+            // only find its queue full again.
+            if peer.is_closing() {
+                return;
+            }
+            match peer.offer(frame.clone()) {
+                Offer::Queued => delivered += 1,
+                Offer::Closed => {}
+                Offer::Full => {
+                    if peer.close(
+                        CloseCode::SlowConsumer,
+                        "outbound queue full on a wildcard subscription",
+                    ) {
+                        Stats::add(&self.stats.slow_consumer_disconnects, 1);
+                    }
+                }
             }
         });
         delivered
@@ -806,10 +818,14 @@ impl Topics {
                 },
             );
         } else {
-            Stats::add(&self.stats.slow_consumer_disconnects, 1);
-            subscriber
+            // Counted once per connection, though it may hold several
+            // subscriptions that each find its queue full.
+            if subscriber
                 .peer
-                .close(CloseCode::SlowConsumer, "outbound queue full");
+                .close(CloseCode::SlowConsumer, "outbound queue full")
+            {
+                Stats::add(&self.stats.slow_consumer_disconnects, 1);
+            }
         }
     }
 
@@ -900,14 +916,23 @@ impl Topics {
         }
     }
 
-    /// Adds a wildcard subscription.
-    pub(crate) fn subscribe_wildcard(&self, filter: &TopicFilter, peer: Arc<Peer>) {
-        self.wildcards_write().insert(filter, peer);
+    /// Adds a wildcard subscription, unless a broker-wide or per-subject cap
+    /// is reached.
+    pub(crate) fn subscribe_wildcard(
+        &self,
+        filter: &TopicFilter,
+        peer: Arc<Peer>,
+    ) -> Result<(), WildcardRefusal> {
+        let stale = self.wildcards_write().insert(filter, peer)?;
+        // The emptied match cache is freed here, after the write lock.
+        drop(stale);
+        Ok(())
     }
 
     /// Removes a wildcard subscription.
     pub(crate) fn unsubscribe_wildcard(&self, filter: &TopicFilter, peer: ConnId) {
-        self.wildcards_write().remove(filter, peer);
+        let stale = self.wildcards_write().remove(filter, peer);
+        drop(stale);
     }
 
     /// The first offset a replay of `epoch` may not read yet (`None` if the

@@ -12,3 +12,4 @@ mod promises;
 mod pubsub;
 mod security;
 mod support;
+mod wildcard;
