@@ -1,13 +1,12 @@
 //! Connection routes: list, one connection, and disconnecting one with
 //! close code 4001 (`kicked`).
 
-use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use sockeye_broker::{ConnId, Peer};
+use sockeye_broker::{ConnId, ConnectionInfo};
 use sockeye_protocol::CloseCode;
 use utoipa::{IntoParams, ToSchema};
 
@@ -56,32 +55,26 @@ pub(crate) struct ConnectionView {
     queue_bytes: u64,
 }
 
-impl From<&Peer> for ConnectionView {
-    fn from(peer: &Peer) -> Self {
-        let counters = &peer.counters;
-        let subscriptions = peer
-            .subscriptions
-            .lock()
-            .map(|filters| filters.clone())
-            .unwrap_or_default();
+impl From<ConnectionInfo> for ConnectionView {
+    fn from(info: ConnectionInfo) -> Self {
         Self {
-            id: peer.id.0,
-            sub: peer.subject.clone(),
-            remote: peer.remote.to_string(),
-            user_agent: peer.user_agent.clone(),
-            connected_at_ms: peer
+            id: info.id.0,
+            sub: info.subject,
+            remote: info.remote.to_string(),
+            user_agent: info.user_agent,
+            connected_at_ms: info
                 .connected_at
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as u64),
-            subscriptions,
-            messages_in: counters.published.load(Ordering::Relaxed),
-            messages_out: counters.delivered.load(Ordering::Relaxed),
-            frames_in: counters.frames_in.load(Ordering::Relaxed),
-            frames_out: counters.frames_out.load(Ordering::Relaxed),
-            bytes_in: counters.bytes_in.load(Ordering::Relaxed),
-            bytes_out: counters.bytes_out.load(Ordering::Relaxed),
-            queue_depth: peer.queue_depth() as u64,
-            queue_bytes: peer.queue_bytes(),
+            subscriptions: info.subscriptions,
+            messages_in: info.messages_in,
+            messages_out: info.messages_out,
+            frames_in: info.frames_in,
+            frames_out: info.frames_out,
+            bytes_in: info.bytes_in,
+            bytes_out: info.bytes_out,
+            queue_depth: info.queue_depth,
+            queue_bytes: info.queue_bytes,
         }
     }
 }
@@ -165,10 +158,7 @@ pub(crate) async fn list_connections(
         .connections(checked_after(params.after)?.map(ConnId), limit + 1);
     let (peers, next) = split_page(peers, limit, |peer| peer.id.0);
     Ok(axum::Json(ConnectionPage {
-        items: peers
-            .iter()
-            .map(|peer| ConnectionView::from(&**peer))
-            .collect(),
+        items: peers.into_iter().map(ConnectionView::from).collect(),
         next,
     }))
 }
@@ -191,7 +181,7 @@ pub(crate) async fn get_connection(
         .broker
         .connection(ConnId(path.id))
         .ok_or_else(|| connection_not_found(path.id))?;
-    Ok(axum::Json(ConnectionView::from(&*peer)))
+    Ok(axum::Json(ConnectionView::from(peer)))
 }
 
 /// Disconnect a connection.

@@ -44,11 +44,12 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<axum::Json<H
     if state.broker.is_draining() {
         return Err(ApiError::Unavailable);
     }
-    if state.broker.store().is_failing() {
+    let store = state.broker.store_health();
+    if store.failing {
         return Err(ApiError::StoreFailing {
             message: format!(
                 "the history store fails: {}",
-                state.broker.store().failure().unwrap_or_default()
+                store.failure.unwrap_or_default()
             ),
         });
     }

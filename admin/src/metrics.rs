@@ -17,7 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use sockeye_broker::stats::Histogram;
+use sockeye_broker::HistogramSnapshot;
 use sockeye_broker::{Broker, Stats};
 
 use crate::AppState;
@@ -68,9 +68,8 @@ fn histogram(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    histogram: &Histogram,
+    snapshot: &HistogramSnapshot,
 ) -> Result<(), std::fmt::Error> {
-    let snapshot = histogram.snapshot();
     // The encoder wants per-bucket counts (it accumulates them itself) and
     // an explicit +Inf bucket for observations above the last bound.
     let mut buckets = Vec::with_capacity(snapshot.buckets.len() + 1);
@@ -106,7 +105,8 @@ impl Collector for BrokerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let broker = &self.broker;
         let stats = broker.stats();
-        let topics = broker.topics();
+        let (subscriptions, wildcard_subscriptions) = broker.subscription_counts();
+        let store = broker.store_health();
         let e = &mut encoder;
         gauge(
             e,
@@ -166,19 +166,19 @@ impl Collector for BrokerCollector {
             e,
             "sockeye_subscriptions",
             "Subscriptions held now (exact and wildcard).",
-            topics.subscriptions(),
+            subscriptions,
         )?;
         gauge(
             e,
             "sockeye_wildcard_subscriptions",
             "Wildcard subscriptions held now.",
-            topics.wildcard_subscriptions() as u64,
+            wildcard_subscriptions,
         )?;
         gauge(
             e,
             "sockeye_topics",
             "Topics with state (stored, or live with subscribers).",
-            topics.len() as u64,
+            broker.topic_count() as u64,
         )?;
         counter(
             e,
@@ -258,38 +258,37 @@ impl Collector for BrokerCollector {
             e,
             "sockeye_store_size_bytes",
             "Bytes the history store occupies on disk.",
-            broker.store().size_on_disk(),
+            store.size_on_disk,
         )?;
-        let store = broker.store();
         gauge(
             e,
             "sockeye_store_failing",
             "1 while the history store fails and refuses writes, else 0.",
-            u64::from(store.is_failing()),
+            u64::from(store.failing),
         )?;
         counter(
             e,
             "sockeye_store_flush_failures",
             "History store flushes that failed.",
-            Stats::get(&store.flush_failures),
+            store.flush_failures,
         )?;
         counter(
             e,
             "sockeye_store_reopens",
             "Times the history store was reopened to recover from a failure.",
-            Stats::get(&store.reopens),
+            store.reopens,
         )?;
         counter(
             e,
             "sockeye_store_damaged_topics",
             "Stored topics found to have lost acknowledged messages and given a new epoch.",
-            Stats::get(&store.damaged_topics),
+            store.damaged_topics,
         )?;
         gauge(
             e,
             "sockeye_stored_topics",
             "Topics whose history is stored.",
-            broker.topics().stored_len() as u64,
+            store.stored_topics,
         )?;
         if let Some(bytes) = crate::stats::resident_memory_bytes() {
             gauge(
@@ -303,25 +302,25 @@ impl Collector for BrokerCollector {
             e,
             "sockeye_handshake_duration_seconds",
             "Time from a WebSocket upgrade request to its 101 response.",
-            &stats.handshake_latency,
+            &stats.handshake_latency.snapshot(),
         )?;
         histogram(
             e,
             "sockeye_store_flush_duration_seconds",
             "Time of each history store flush (sled flush plus fdatasync).",
-            &broker.store().flush_latency,
+            &store.flush_latency,
         )?;
         histogram(
             e,
             "sockeye_store_flush_batch_writes",
             "Appends made durable by each flush: how many publishes share one fsync.",
-            &broker.store().flush_batch,
+            &store.flush_batch,
         )?;
         histogram(
             e,
             "sockeye_publish_to_deliver_seconds",
             "Time from a publish being accepted to its frame being queued to every live subscriber.",
-            &stats.fanout_latency,
+            &stats.fanout_latency.snapshot(),
         )?;
         Ok(())
     }

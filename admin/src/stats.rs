@@ -227,7 +227,8 @@ pub(crate) fn auth_failures(stats: &Stats) -> impl Iterator<Item = (&'static str
 
 fn stats_view(broker: &Broker, rates: &RateWindow) -> StatsView {
     let stats = broker.stats();
-    let topics = broker.topics();
+    let (subscriptions, wildcard_subscriptions) = broker.subscription_counts();
+    let store = broker.store_health();
     let now = Instant::now();
     StatsView {
         uptime_seconds: now.duration_since(stats.started).as_secs(),
@@ -239,9 +240,9 @@ fn stats_view(broker: &Broker, rates: &RateWindow) -> StatsView {
         origin_refused: Stats::get(&stats.origin_refused),
         handshake_timeouts: Stats::get(&stats.handshake_timeouts),
         tls_failures: Stats::get(&stats.tls_failures),
-        subscriptions: topics.subscriptions(),
-        wildcard_subscriptions: topics.wildcard_subscriptions() as u64,
-        topics: topics.len() as u64,
+        subscriptions,
+        wildcard_subscriptions,
+        topics: broker.topic_count() as u64,
         messages_in: Stats::get(&stats.messages_in),
         bytes_in: Stats::get(&stats.bytes_in),
         deliveries: Stats::get(&stats.deliveries),
@@ -258,14 +259,14 @@ fn stats_view(broker: &Broker, rates: &RateWindow) -> StatsView {
         auth_failures: auth_failures(stats)
             .map(|(code, count)| (code.to_owned(), count))
             .collect(),
-        store_bytes_on_disk: broker.store().size_on_disk(),
+        store_bytes_on_disk: store.size_on_disk,
         store: StoreView {
-            failing: broker.store().is_failing(),
-            failure: broker.store().failure(),
-            stored_topics: topics.stored_len() as u64,
-            flush_failures: Stats::get(&broker.store().flush_failures),
-            reopens: Stats::get(&broker.store().reopens),
-            damaged_topics: Stats::get(&broker.store().damaged_topics),
+            failing: store.failing,
+            failure: store.failure,
+            stored_topics: store.stored_topics,
+            flush_failures: store.flush_failures,
+            reopens: store.reopens,
+            damaged_topics: store.damaged_topics,
         },
         memory_resident_bytes: resident_memory_bytes(),
     }

@@ -1,8 +1,6 @@
 //! Topic routes: list, one topic, its history (read and delete), and
 //! publishing over HTTP.
 
-use std::sync::Arc;
-
 use axum::Extension;
 use axum::extract::State;
 use base64::Engine;
@@ -296,7 +294,7 @@ pub(crate) async fn list_topics(
     Query(params): Query<TopicListParams>,
 ) -> Result<axum::Json<TopicPage>, ApiError> {
     let limit = checked_limit(params.limit)?;
-    let topics = state.broker.topics().list(
+    let topics = state.broker.list_topics(
         params.prefix.as_deref().unwrap_or(""),
         params.after.as_deref(),
         limit + 1,
@@ -325,8 +323,7 @@ pub(crate) async fn get_topic(
     let name = parse_topic(&state, &path.topic)?;
     let info = state
         .broker
-        .topics()
-        .info(name.as_str())
+        .topic(&name)
         .ok_or_else(|| topic_not_found(&path.topic))?;
     Ok(axum::Json(info.into()))
 }
@@ -352,9 +349,9 @@ pub(crate) async fn get_history(
 ) -> Result<axum::Json<HistoryPage>, ApiError> {
     let limit = checked_limit(params.limit)?;
     let name = parse_topic(&state, &path.topic)?;
-    let topics = Arc::clone(state.broker.topics());
-    let info = topics
-        .info(name.as_str())
+    let info = state
+        .broker
+        .topic(&name)
         .ok_or_else(|| topic_not_found(&path.topic))?;
     if !info.stored {
         return Err(not_stored(&path.topic));
@@ -362,17 +359,13 @@ pub(crate) async fn get_history(
     let from = checked_after(params.after)?.unwrap_or(0).saturating_add(1);
     let max_bytes = usize::try_from(state.broker.config().admin.max_history_page_bytes.as_u64())
         .unwrap_or(usize::MAX);
-    let read = {
-        let topics = Arc::clone(&topics);
-        let topic = name.to_string();
-        tokio::task::spawn_blocking(move || topics.history(&topic, from, limit, max_bytes))
-            .await
-            .map_err(|err| ApiError::Internal {
-                cause: format!("history read task failed: {err}"),
-            })??
-    };
-    // `None` only if the stream went away since `info`.
-    let (epoch, deliveries) = read.ok_or_else(|| not_stored(&path.topic))?;
+    // `None` only if the stream went away since `topic`.
+    let history = state
+        .broker
+        .history(&name, from, limit, max_bytes)
+        .await?
+        .ok_or_else(|| not_stored(&path.topic))?;
+    let (epoch, deliveries, newest) = (history.epoch, history.messages, history.last_offset);
     let encoding = params.encoding.unwrap_or_default();
     let items: Vec<HistoryMessage> = deliveries
         .into_iter()
@@ -389,10 +382,6 @@ pub(crate) async fn get_history(
         .collect();
     // Another page follows if the stream (still in this epoch) has newer
     // messages than the last one returned.
-    let newest = topics
-        .info(name.as_str())
-        .filter(|now| now.epoch == epoch)
-        .map_or(0, |now| now.last_offset);
     let next = items
         .last()
         .map(|last| last.offset)
@@ -463,20 +452,18 @@ pub(crate) async fn delete_history(
     Path(path): Path<TopicPath>,
 ) -> Result<axum::Json<ResetResult>, ApiError> {
     let name = parse_topic(&state, &path.topic)?;
-    let topics = Arc::clone(state.broker.topics());
-    let info = topics
-        .info(name.as_str())
+    let info = state
+        .broker
+        .topic(&name)
         .ok_or_else(|| topic_not_found(&path.topic))?;
     if !info.stored {
         return Err(not_stored(&path.topic));
     }
-    let topic = name.to_string();
-    let reset = tokio::task::spawn_blocking(move || topics.reset(&topic))
-        .await
-        .map_err(|err| ApiError::Internal {
-            cause: format!("history reset task failed: {err}"),
-        })??;
-    let epoch = reset.ok_or_else(|| topic_not_found(&path.topic))?;
+    let epoch = state
+        .broker
+        .reset_topic(&name)
+        .await?
+        .ok_or_else(|| topic_not_found(&path.topic))?;
     tracing::info!(topic = %name, epoch, "history deleted through the admin API");
     Ok(axum::Json(ResetResult {
         topic: name.to_string(),
@@ -524,14 +511,13 @@ pub(crate) async fn publish(
     if state.broker.is_draining() {
         return Err(ApiError::Unavailable);
     }
-    // `Broker::publish` validates the topic name (its `TopicError` is the
-    // documented 400 `invalid_topic`).
-    let (epoch, offset) = state
+    // An invalid name is the documented 400 `invalid_topic`.
+    let name = parse_topic(&state, &path.topic)?;
+    let position = state
         .broker
-        .publish(&path.topic, &payload, &principal.name)
+        .publish(&name, &payload, &principal.name)
         .await
         .map_err(|error| match error {
-            PublishError::Topic(error) => error.into(),
             PublishError::Store(error) => error.into(),
             PublishError::TooManyTopics { max } => ApiError::TooManyTopics {
                 message: format!("the broker stores at most {max} topics (store.max_topics)"),
@@ -541,10 +527,11 @@ pub(crate) async fn publish(
                 cause: other.to_string(),
             },
         })?;
+    // A live-only publish answers (0, 0).
+    let (epoch, offset) = position.map_or((0, 0), |position| (position.epoch, position.offset));
     Ok(axum::Json(PublishResult {
         topic: path.topic,
-        // Stored offsets start at 1; a live-only publish answers (0, 0).
-        stored: offset != 0,
+        stored: position.is_some(),
         epoch,
         offset,
     }))

@@ -22,17 +22,17 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sockeye_protocol::{
     ClientMessage, CloseCode, DecodeError, ErrorCode, MessageError, PROTOCOL_VERSION, Position,
-    RequestId, ServerMessage, TopicFilter, TopicName, Welcome, frame,
+    RequestId, ServerMessage, StreamPosition, TopicFilter, TopicName, Welcome, frame,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
+use crate::engine::{Ack, AckState, DurableMark, WriteError};
+use crate::hub::{SubscribeError, SubscribeOutcome, Subscriber};
 use crate::linger::CloseLinger;
 use crate::peer::{Inbox, Peer};
 use crate::stats::Stats;
-use crate::store::{AckState, DurableMark};
-use crate::topics::{SubscribeError, Subscriber, WriteError};
 use crate::{Admission, Broker};
 
 /// Frames written per drain of the outbound queue before one flush.
@@ -73,8 +73,8 @@ impl Refusal {
 /// A `published` reply that waits for its write's flush.
 #[derive(Debug)]
 struct PendingAck {
-    /// The store's write sequence of the message.
-    write: u64,
+    /// When the message counts as acknowledged.
+    ack: Ack,
     /// The publish request's id, for the error reply if the flush fails.
     id: RequestId,
     /// The `published` reply.
@@ -193,7 +193,7 @@ impl Session {
             bytes_per_second,
             bytes_per_second.max(config.limits.max_frame_size.as_u64()),
         );
-        let durable = broker.store().durable();
+        let durable = broker.engine().durable();
         let ended = broker.shutdown_token().child_token();
         Self {
             broker,
@@ -215,7 +215,7 @@ impl Session {
     }
 
     fn encode(&self, message: &ServerMessage) -> Bytes {
-        message.encode_frame(&self.broker.topics().compression)
+        message.encode_frame(&self.broker.hub().compression)
     }
 
     /// Writes one frame to the socket buffer (no flush) and returns its
@@ -437,9 +437,11 @@ impl Session {
     }
 
     async fn write_durable_acks(&mut self) -> Result<Option<Ending>, axum::Error> {
-        let mark = self.durable.borrow_and_update().clone();
+        // Seen: the next change wakes the session again.
+        self.durable.borrow_and_update();
+        let engine = Arc::clone(self.broker.engine());
         while let Some(pending) = self.pending_acks.front() {
-            match mark.ack_state(pending.write) {
+            match engine.ack_state(pending.ack) {
                 AckState::Waiting => break,
                 AckState::Acked => {
                     if let Some(pending) = self.pending_acks.pop_front() {
@@ -599,7 +601,7 @@ impl Session {
         let filter = TopicFilter::parse(text, limits.max_topic_length)
             .map_err(|err| Refusal::new(ErrorCode::InvalidTopic, err.to_string()))?;
         let wildcard = !filter.is_exact();
-        if wildcard && let Some(shape) = crate::wildcard::shape_error(&filter, limits) {
+        if wildcard && let Some(shape) = crate::hub::wildcard::shape_error(&filter, limits) {
             return Err(Refusal::new(ErrorCode::InvalidTopic, shape));
         }
         if !self.identity.permissions.may_subscribe(&filter) {
@@ -644,8 +646,8 @@ impl Session {
             self.inbox = self.peer.open_queue();
         }
         let cancel = self.ended.child_token();
-        let topics = self.broker.topics();
-        let (exact, mut reply) = match filter.as_exact() {
+        let hub = self.broker.hub();
+        let (exact, outcome) = match filter.as_exact() {
             Some(topic) => {
                 let subscriber = Subscriber {
                     outbox: self
@@ -655,8 +657,8 @@ impl Session {
                     peer: Arc::clone(&self.peer),
                     cancel: cancel.clone(),
                 };
-                let reply = topics
-                    .subscribe_exact(&topic, subscriber, position)
+                let outcome = hub
+                    .subscribe_exact(self.broker.engine(), &topic, subscriber, position)
                     .map_err(|err| match err {
                         SubscribeError::PositionUnsupported => Refusal::new(
                             ErrorCode::PositionUnsupported,
@@ -664,7 +666,7 @@ impl Session {
                         ),
                         SubscribeError::Write(err) => write_refusal(&err),
                     })?;
-                (Some(topic), reply)
+                (Some(topic), outcome)
             }
             None => {
                 if position.is_some() {
@@ -673,14 +675,11 @@ impl Session {
                         "positions need an exact topic, not a wildcard filter",
                     ));
                 }
-                topics
-                    .subscribe_wildcard(&filter, Arc::clone(&self.peer))
+                hub.subscribe_wildcard(&filter, Arc::clone(&self.peer))
                     .map_err(|refusal| {
                         Refusal::new(ErrorCode::TooManySubscriptions, refusal.to_string())
                     })?;
-                let reply = sockeye_protocol::Subscribed {
-                    id,
-                    topic: filter.to_string(),
+                let outcome = SubscribeOutcome {
                     stored: false,
                     epoch: 0,
                     last_offset: 0,
@@ -689,10 +688,20 @@ impl Session {
                     gap: None,
                     epoch_changed: false,
                 };
-                (None, reply)
+                (None, outcome)
             }
         };
-        reply.id = id;
+        let reply = sockeye_protocol::Subscribed {
+            id,
+            topic: filter.to_string(),
+            stored: outcome.stored,
+            epoch: outcome.epoch,
+            last_offset: outcome.last_offset,
+            next_offset: outcome.next_offset,
+            complete: outcome.complete,
+            gap: outcome.gap,
+            epoch_changed: outcome.epoch_changed,
+        };
         self.peer
             .subscriptions
             .lock()
@@ -705,10 +714,10 @@ impl Session {
 
     fn drop_subscription(&self, filter: &TopicFilter, held: &Held) {
         held.cancel.cancel();
-        let topics = self.broker.topics();
+        let hub = self.broker.hub();
         match &held.exact {
-            Some(topic) => topics.unsubscribe_exact(topic, self.peer.id),
-            None => topics.unsubscribe_wildcard(filter, self.peer.id),
+            Some(topic) => hub.unsubscribe_exact(topic, self.peer.id),
+            None => hub.unsubscribe_wildcard(filter, self.peer.id),
         }
         self.broker
             .stats()
@@ -775,28 +784,35 @@ impl Session {
                 ));
             }
         }
-        let published = self
-            .broker
-            .topics()
+        let engine = self.broker.engine();
+        let published = engine
             .publish(&topic, payload, &self.identity.subject)
             .map_err(|err| write_refusal(&err))?;
         self.peer.counters.published.fetch_add(1, Ordering::Relaxed);
         if !ack {
             return Ok(None);
         }
+        // An ephemeral topic is answered (0, 0), as docs/protocol.md says.
+        let position = published.position.unwrap_or(StreamPosition {
+            epoch: 0,
+            offset: 0,
+        });
         let reply = self.encode(&ServerMessage::Published {
             id,
-            epoch: published.epoch,
-            offset: published.offset,
+            epoch: position.epoch,
+            offset: position.offset,
         });
-        let store = self.broker.store();
-        match published.write {
-            Some(write) if store.ack_state(write) != AckState::Acked => {
-                self.pending_acks.push_back(PendingAck { write, id, reply });
-                store.request_flush();
+        match engine.ack_state(published.ack) {
+            AckState::Acked => Ok(Some(reply)),
+            _ => {
+                self.pending_acks.push_back(PendingAck {
+                    ack: published.ack,
+                    id,
+                    reply,
+                });
+                engine.request_flush();
                 Ok(None)
             }
-            _ => Ok(Some(reply)),
         }
     }
 

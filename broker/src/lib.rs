@@ -1,5 +1,10 @@
-//! The Sockeye broker core: handshake authentication, connections, topics,
-//! fan-out, and the history store on sled.
+//! The Sockeye broker core: handshake authentication, connections, the
+//! topic hub, and the engine that keeps stored topics' history (sled).
+//!
+//! Everything outside this crate goes through [`Broker`]: it serves
+//! WebSocket clients and answers the admin API's queries and actions with
+//! plain snapshot types ([`TopicInfo`], [`ConnectionInfo`],
+//! [`StoreHealth`]).
 //!
 //! # Layout
 //!
@@ -13,12 +18,13 @@
 //!   the client reads the close instead of a reset.
 //! - `connection`: one task per connection: requests, replies, deliveries,
 //!   heartbeats, token expiry, close codes.
-//! - [`peer`]: the shared half of a connection (outbound queue, counters,
-//!   close signal) that fan-out and the admin API hold.
-//! - [`topics`]: the topic registry, fan-out, subscribe positions.
-//! - `replay`: streaming history to a subscriber and the seam to live.
-//! - `wildcard`: the trie of wildcard subscriptions.
-//! - [`store`]: sled layout, durability (group-commit flusher), trimming.
+//! - `peer`: the shared half of a connection (outbound queue bounded in
+//!   frames and bytes, counters, close signal).
+//! - `hub`: local subscribers: live sets, the wildcard index, fan-out and
+//!   the slow-consumer policy, subscribe planning, replays.
+//! - `engine`: where stored topics' offsets and history live, behind the
+//!   engine contract; `engine::sled` is the sled engine (store layout,
+//!   heads journal, group-commit flusher, trimmer, recovery).
 //! - [`stats`]: counters and histograms for the admin API.
 //!
 //! # Example
@@ -35,15 +41,13 @@
 pub mod auth;
 pub mod config;
 mod connection;
+mod engine;
+mod hub;
 mod linger;
-pub mod peer;
-mod replay;
+mod peer;
 mod server;
 pub mod stats;
-pub mod store;
 pub mod tls;
-pub mod topics;
-mod wildcard;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -51,18 +55,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sockeye_protocol::{CloseCode, Payload, TopicName};
+use sockeye_protocol::{CloseCode, Delivery, Payload, StreamPosition, TopicName};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::auth::{Authenticator, Claims, Identity};
 pub use crate::config::Config;
-pub use crate::peer::{ConnId, Peer};
+pub use crate::engine::{Damage, DamageKind, JournalError, StoreError, StoreHealth, WriteError};
+pub use crate::peer::{ConnId, ConnectionInfo};
 pub use crate::server::{HttpOptions, serve_http};
-pub use crate::stats::Stats;
-pub use crate::store::{Damage, DamageKind, Store, StoreError};
-pub use crate::topics::{TopicInfo, Topics, WriteError};
+pub use crate::stats::{HistogramSnapshot, Stats};
+
+use crate::engine::Engine;
+use crate::hub::Hub;
+use crate::peer::Peer;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -86,9 +93,6 @@ pub enum BrokerError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PublishError {
-    /// The topic name is invalid.
-    #[error(transparent)]
-    Topic(#[from] sockeye_protocol::TopicError),
     /// The store failed, or is failing and refuses writes.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -113,8 +117,8 @@ pub struct Broker {
 struct Inner {
     config: Arc<Config>,
     authenticator: Authenticator,
-    store: Arc<Store>,
-    topics: Arc<Topics>,
+    hub: Arc<Hub>,
+    engine: Arc<Engine>,
     stats: Arc<Stats>,
     /// Every connected peer, by id. A std mutex: held only to insert,
     /// remove or copy out entries, never across an `.await`.
@@ -143,14 +147,6 @@ impl Broker {
     /// starts the background tasks. Must be called inside a tokio runtime.
     pub fn open(config: Config) -> Result<Self, BrokerError> {
         config.validate()?;
-        let store = Store::open(&config.server.data_dir.join("store"), &config.store)?;
-        Self::with_store(config, store)
-    }
-
-    /// Like [`Broker::open`] with a store opened by the caller (for example
-    /// [`Store::temporary`] in tests).
-    pub fn with_store(config: Config, store: Store) -> Result<Self, BrokerError> {
-        config.validate()?;
         let authenticator = Authenticator::from_config(
             &config.auth,
             &config.server.data_dir,
@@ -164,14 +160,9 @@ impl Broker {
         }
         let stats = Arc::new(Stats::default());
         let tasks = TaskTracker::new();
-        let store = Arc::new(store);
-        let topics = Arc::new(Topics::new(
-            &config,
-            Arc::clone(&store),
-            Arc::clone(&stats),
-            tasks.clone(),
-        )?);
         let shutdown = CancellationToken::new();
+        let hub = Arc::new(Hub::new(&config, Arc::clone(&stats), tasks.clone()));
+        let engine = Engine::open(&config, None, &hub, Arc::clone(&stats), &tasks, &shutdown)?;
         let tls = match (&config.tls.cert_file, &config.tls.key_file) {
             (Some(cert), Some(key)) => Some(Arc::new(tls::TlsReloader::load(cert, key)?)),
             _ => None,
@@ -194,18 +185,12 @@ impl Broker {
                     .map(|quota| governor::RateLimiter::direct(quota.allow_burst(burst)))
             })
             .flatten();
-        tasks.spawn(topics::run_flusher(Arc::clone(&topics), shutdown.clone()));
-        tasks.spawn(topics::run_trimmer(
-            Arc::clone(&topics),
-            config.store.trim_interval,
-            shutdown.clone(),
-        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 config: Arc::new(config),
                 authenticator,
-                store,
-                topics,
+                hub,
+                engine,
                 stats,
                 peers: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -250,14 +235,12 @@ impl Broker {
         &self.inner.authenticator
     }
 
-    /// The topic registry.
-    pub fn topics(&self) -> &Arc<Topics> {
-        &self.inner.topics
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
     }
 
-    /// The history store.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.inner.store
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.inner.engine
     }
 
     /// Broker-wide counters.
@@ -331,8 +314,8 @@ impl Broker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Connected peers in id order, starting after `after`; at most `limit`.
-    pub fn connections(&self, after: Option<ConnId>, limit: usize) -> Vec<Arc<Peer>> {
+    /// Connected clients in id order, starting after `after`; at most `limit`.
+    pub fn connections(&self, after: Option<ConnId>, limit: usize) -> Vec<ConnectionInfo> {
         let mut peers: Vec<Arc<Peer>> = self
             .peers()
             .values()
@@ -341,22 +324,26 @@ impl Broker {
             .collect();
         peers.sort_unstable_by_key(|peer| peer.id);
         peers.truncate(limit);
-        peers
+        peers.iter().map(|peer| peer.info()).collect()
     }
 
-    /// One connected peer.
-    pub fn connection(&self, id: ConnId) -> Option<Arc<Peer>> {
+    /// One connected client.
+    pub fn connection(&self, id: ConnId) -> Option<ConnectionInfo> {
+        self.peer(id).map(|peer| peer.info())
+    }
+
+    fn peer(&self, id: ConnId) -> Option<Arc<Peer>> {
         self.peers().get(&id).cloned()
     }
 
-    /// Number of connected peers.
+    /// Number of connected clients.
     pub fn connection_count(&self) -> usize {
         self.peers().len()
     }
 
     /// Closes a connection with `code`; returns whether it existed.
     pub fn disconnect(&self, id: ConnId, code: CloseCode, reason: &str) -> bool {
-        match self.connection(id) {
+        match self.peer(id) {
             Some(peer) => {
                 peer.close(code, reason);
                 true
@@ -367,50 +354,122 @@ impl Broker {
 
     /// Publishes on behalf of `publisher` (for the admin API). Waits until
     /// the message is acknowledged under the durability mode, like a
-    /// WebSocket publish with `ack: true`. Returns `(epoch, offset)`.
+    /// WebSocket publish with `ack: true`. Returns its position for a
+    /// stored topic, `None` for an ephemeral one.
     pub async fn publish(
         &self,
-        topic: &str,
+        topic: &TopicName,
         payload: &Payload,
         publisher: &str,
-    ) -> Result<(u64, u64), PublishError> {
-        let topic = TopicName::parse(topic, self.inner.config.limits.max_topic_length)?;
+    ) -> Result<Option<StreamPosition>, PublishError> {
         let published = self
             .inner
-            .topics
-            .publish(&topic, payload, publisher)
+            .engine
+            .publish(topic, payload, publisher)
             .map_err(|err| match err {
                 WriteError::Store(err) => PublishError::Store(err),
                 WriteError::TooManyTopics { max } => PublishError::TooManyTopics { max },
                 WriteError::StoreBehind { .. } => PublishError::Store(StoreError::Failing),
             })?;
-        if let Some(write) = published.write {
-            let store = &self.inner.store;
-            let mut durable = store.durable();
-            store.request_flush();
-            loop {
-                match store.ack_state(write) {
-                    store::AckState::Acked => break,
-                    store::AckState::Failed => {
-                        return Err(PublishError::Store(StoreError::Failing));
-                    }
-                    store::AckState::Waiting => {}
-                }
-                // After shutdown the flusher is gone and the mark never
-                // moves again: give up instead of waiting for ever.
-                tokio::select! {
-                    changed = durable.changed() => {
-                        changed.map_err(|_| PublishError::ShuttingDown)?;
-                    }
-                    () = self.inner.shutdown.cancelled() => {
-                        if store.ack_state(write) != store::AckState::Acked {
-                            return Err(PublishError::ShuttingDown);
-                        }
-                    }
-                }
-            }
+        let acked = self
+            .inner
+            .engine
+            .wait_ack(published.ack, &self.inner.shutdown)
+            .await
+            .map_err(|_| PublishError::ShuttingDown)?;
+        if !acked {
+            return Err(PublishError::Store(StoreError::Failing));
         }
-        Ok((published.epoch, published.offset))
+        Ok(published.position)
+    }
+
+    /// A topic with state (stored, or with local subscribers).
+    pub fn topic(&self, topic: &TopicName) -> Option<TopicInfo> {
+        let local = self.inner.hub.local_info(topic);
+        match self.inner.engine.info(topic) {
+            Some(stored) => Some(TopicInfo::stored(stored, local.unwrap_or_default())),
+            None => local.map(|local| TopicInfo::ephemeral(topic.to_string(), local)),
+        }
+    }
+
+    /// Topics with state in name order, after `after`, whose names start
+    /// with `prefix`; at most `limit`.
+    pub fn list_topics(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<TopicInfo> {
+        let stored = self.inner.engine.list(prefix, after, limit);
+        let ephemeral = self.inner.hub.list_ephemeral(prefix, after, limit);
+        let mut topics: Vec<TopicInfo> = stored
+            .into_iter()
+            .map(|stored| {
+                let local = TopicName::parse(&stored.name, usize::MAX)
+                    .ok()
+                    .and_then(|name| self.inner.hub.local_info(&name))
+                    .unwrap_or_default();
+                TopicInfo::stored(stored, local)
+            })
+            .chain(
+                ephemeral
+                    .into_iter()
+                    .map(|(name, local)| TopicInfo::ephemeral(name, local)),
+            )
+            .collect();
+        topics.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        topics.truncate(limit);
+        topics
+    }
+
+    /// Topics with state: stored ones, and ephemeral ones with subscribers.
+    pub fn topic_count(&self) -> usize {
+        self.inner.engine.health().stored_topics as usize + self.inner.hub.ephemeral_len()
+    }
+
+    /// Subscriptions held now, and of them wildcard ones.
+    pub fn subscription_counts(&self) -> (u64, u64) {
+        (
+            Stats::get(&self.inner.stats.subscriptions),
+            self.inner.hub.wildcard_subscriptions() as u64,
+        )
+    }
+
+    /// Stored messages of `topic` from offset `from` in offset order: at
+    /// most `limit`, and past the first at most `max_bytes` of stored
+    /// records. `None` if the topic is not stored.
+    pub async fn history(
+        &self,
+        topic: &TopicName,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Option<History>, StoreError> {
+        let Some((epoch, messages)) = self
+            .inner
+            .engine
+            .history(topic, from, limit, max_bytes)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let last_offset = self
+            .inner
+            .engine
+            .info(topic)
+            .filter(|now| now.epoch == epoch)
+            .map_or(0, |now| now.last_offset);
+        Ok(Some(History {
+            epoch,
+            messages,
+            last_offset,
+        }))
+    }
+
+    /// Deletes a topic's history and starts a new epoch; live subscribers
+    /// get `reset`. The new epoch, or `None` if the topic is not stored.
+    pub async fn reset_topic(&self, topic: &TopicName) -> Result<Option<u64>, StoreError> {
+        self.inner.engine.reset(topic).await
+    }
+
+    /// The history store's health and figures.
+    pub fn store_health(&self) -> StoreHealth {
+        self.inner.engine.health()
     }
 
     /// Closes every connection with 1001 and a reconnect hint spread over
@@ -435,6 +494,84 @@ impl Broker {
         self.inner.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.inner.tasks.wait()).await;
     }
+}
+
+/// A snapshot of one topic, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// The topic.
+    pub name: String,
+    /// Whether its history is stored.
+    pub stored: bool,
+    /// Exact subscribers on this node (live and catching up).
+    pub subscribers: usize,
+    /// Subscribers catching up from the store.
+    pub catching_up: usize,
+    /// Current epoch (0 when not stored).
+    pub epoch: u64,
+    /// Oldest retained offset (0 when none).
+    pub first_offset: u64,
+    /// Newest readable offset (0 when none).
+    pub last_offset: u64,
+    /// Messages retained.
+    pub stored_messages: u64,
+    /// Body bytes retained.
+    pub stored_bytes: u64,
+    /// Messages published since the broker started (for an ephemeral
+    /// topic: while it had subscribers).
+    pub published: u64,
+    /// Last publish, unix ms (0 if none since start).
+    pub last_publish_ms: u64,
+    /// Publishes in the last complete second.
+    pub publish_rate: u64,
+}
+
+impl TopicInfo {
+    fn stored(stored: engine::StoredTopicInfo, local: hub::LocalTopicInfo) -> Self {
+        Self {
+            name: stored.name,
+            stored: true,
+            subscribers: local.subscribers,
+            catching_up: local.catching_up,
+            epoch: stored.epoch,
+            first_offset: stored.first_offset,
+            last_offset: stored.last_offset,
+            stored_messages: stored.stored_messages,
+            stored_bytes: stored.stored_bytes,
+            published: stored.published,
+            last_publish_ms: stored.last_publish_ms,
+            publish_rate: stored.publish_rate,
+        }
+    }
+
+    fn ephemeral(name: String, local: hub::LocalTopicInfo) -> Self {
+        Self {
+            name,
+            stored: false,
+            subscribers: local.subscribers,
+            catching_up: local.catching_up,
+            epoch: 0,
+            first_offset: 0,
+            last_offset: 0,
+            stored_messages: 0,
+            stored_bytes: 0,
+            published: local.published,
+            last_publish_ms: local.last_publish_ms,
+            publish_rate: local.publish_rate,
+        }
+    }
+}
+
+/// A page of a stored topic's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// The epoch the messages belong to.
+    pub epoch: u64,
+    /// The messages, in offset order.
+    pub messages: Vec<Delivery>,
+    /// The topic's newest readable offset now, if still in `epoch` (0
+    /// otherwise): a page whose last message is older has a next page.
+    pub last_offset: u64,
 }
 
 /// One WebSocket connection's claim on the broker: a unit of the
@@ -520,7 +657,7 @@ impl Broker {
     /// `ping` request, as a bug would; returns whether the connection exists.
     #[doc(hidden)]
     pub fn panic_session_at_next_ping(&self, id: ConnId) -> bool {
-        let exists = self.connection(id).is_some();
+        let exists = self.peer(id).is_some();
         if exists {
             self.armed().insert(id);
         }

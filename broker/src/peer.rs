@@ -27,25 +27,25 @@ impl std::fmt::Display for ConnId {
 
 /// Traffic counters of one connection.
 #[derive(Debug, Default)]
-pub struct PeerCounters {
+pub(crate) struct PeerCounters {
     /// Frames received.
-    pub frames_in: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
     /// Bytes received.
-    pub bytes_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
     /// Frames sent.
-    pub frames_out: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
     /// Bytes sent.
-    pub bytes_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
     /// Messages published.
-    pub published: AtomicU64,
+    pub(crate) published: AtomicU64,
     /// Frames from the outbound queue written to the socket: messages (live
     /// and replayed), and the `gap` and `reset` frames of replays.
-    pub delivered: AtomicU64,
+    pub(crate) delivered: AtomicU64,
 }
 
 /// The result of offering a frame to a peer without waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offer {
+pub(crate) enum Offer {
     /// Queued.
     Queued,
     /// The queue is full: the peer is a slow consumer.
@@ -56,21 +56,21 @@ pub enum Offer {
 
 /// The shared half of one connection.
 #[derive(Debug)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// Broker-unique id.
-    pub id: ConnId,
+    pub(crate) id: ConnId,
     /// The token's `sub`.
-    pub subject: String,
+    pub(crate) subject: String,
     /// The client's address.
-    pub remote: SocketAddr,
+    pub(crate) remote: SocketAddr,
     /// The `User-Agent` of the handshake, if any.
-    pub user_agent: Option<String>,
+    pub(crate) user_agent: Option<String>,
     /// When the connection was accepted.
-    pub connected_at: SystemTime,
+    pub(crate) connected_at: SystemTime,
     /// Traffic counters.
-    pub counters: PeerCounters,
+    pub(crate) counters: PeerCounters,
     /// The filters currently subscribed, for display.
-    pub subscriptions: Mutex<Vec<String>>,
+    pub(crate) subscriptions: Mutex<Vec<String>>,
     /// The outbound queue, created with the first subscription: a
     /// connection that never subscribes never pays for one.
     outbox: OnceLock<Outbox>,
@@ -131,7 +131,7 @@ impl Peer {
     }
 
     /// Offers a frame without waiting.
-    pub fn offer(&self, frame: Bytes) -> Offer {
+    pub(crate) fn offer(&self, frame: Bytes) -> Offer {
         match self.outbox.get() {
             Some(outbox) => outbox.offer(frame),
             // Nothing is offered to a connection that never subscribed.
@@ -141,7 +141,7 @@ impl Peer {
 
     /// Queues a frame, waiting for room. Fails only when the connection is
     /// gone (or has no queue, which no subscribed connection lacks).
-    pub async fn send(&self, frame: Bytes) -> Result<(), ConnectionGone> {
+    pub(crate) async fn send(&self, frame: Bytes) -> Result<(), ConnectionGone> {
         match self.outbox.get() {
             Some(outbox) => outbox.send(frame).await,
             None => Err(ConnectionGone),
@@ -149,14 +149,14 @@ impl Peer {
     }
 
     /// Frames waiting in the outbound queue.
-    pub fn queue_depth(&self) -> usize {
+    pub(crate) fn queue_depth(&self) -> usize {
         self.outbox.get().map_or(0, |outbox| {
             outbox.frames.max_capacity() - outbox.frames.capacity()
         })
     }
 
     /// Bytes of frames waiting in the outbound queue.
-    pub fn queue_bytes(&self) -> u64 {
+    pub(crate) fn queue_bytes(&self) -> u64 {
         self.outbox.get().map_or(0, |outbox| {
             u64::from(outbox.budget).saturating_sub(outbox.bytes.available_permits() as u64)
         })
@@ -166,7 +166,7 @@ impl Peer {
     /// Returns true for that first call only, so that whoever counts closes
     /// (slow consumers, say) counts each connection once, however many
     /// publishes find it full while it is closing.
-    pub fn close(&self, code: CloseCode, reason: impl Into<String>) -> bool {
+    pub(crate) fn close(&self, code: CloseCode, reason: impl Into<String>) -> bool {
         let first = {
             let mut slot = self
                 .close_reason
@@ -188,7 +188,7 @@ impl Peer {
     }
 
     /// True once [`Peer::close`] was called.
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.close.is_cancelled()
     }
 
@@ -297,7 +297,68 @@ impl Drop for Inbox {
     }
 }
 
+/// A snapshot of one connection, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Broker-unique id (the `connection_id` of its `welcome`).
+    pub id: ConnId,
+    /// The token's `sub`.
+    pub subject: String,
+    /// The client's address (behind a trusted proxy, the forwarded one).
+    pub remote: SocketAddr,
+    /// The `User-Agent` of the handshake, if any.
+    pub user_agent: Option<String>,
+    /// When the connection was accepted.
+    pub connected_at: SystemTime,
+    /// The filters subscribed now.
+    pub subscriptions: Vec<String>,
+    /// Messages it published.
+    pub messages_in: u64,
+    /// Frames from its outbound queue written to it: messages (live and
+    /// replayed), `gap` and `reset` frames.
+    pub messages_out: u64,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Frames waiting in its outbound queue.
+    pub queue_depth: u64,
+    /// Bytes of those frames.
+    pub queue_bytes: u64,
+}
+
+impl Peer {
+    /// A snapshot of this connection.
+    pub(crate) fn info(&self) -> ConnectionInfo {
+        let counters = &self.counters;
+        ConnectionInfo {
+            id: self.id,
+            subject: self.subject.clone(),
+            remote: self.remote,
+            user_agent: self.user_agent.clone(),
+            connected_at: self.connected_at,
+            subscriptions: self
+                .subscriptions
+                .lock()
+                .map(|filters| filters.clone())
+                .unwrap_or_default(),
+            messages_in: counters.published.load(Ordering::Relaxed),
+            messages_out: counters.delivered.load(Ordering::Relaxed),
+            frames_in: counters.frames_in.load(Ordering::Relaxed),
+            frames_out: counters.frames_out.load(Ordering::Relaxed),
+            bytes_in: counters.bytes_in.load(Ordering::Relaxed),
+            bytes_out: counters.bytes_out.load(Ordering::Relaxed),
+            queue_depth: self.queue_depth() as u64,
+            queue_bytes: self.queue_bytes(),
+        }
+    }
+}
+
 /// The connection a frame was meant for has closed.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the connection is gone")]
-pub struct ConnectionGone;
+pub(crate) struct ConnectionGone;

@@ -47,7 +47,7 @@ pub use error::{DecodeError, MessageError, TopicError};
 pub use frame::Compression;
 pub use limits::Limits;
 pub use message::{
-    ClientMessage, Delivery, DeliveryRef, OffsetRange, PROTOCOL_VERSION, Payload, Position,
-    RequestId, SUBPROTOCOL, ServerMessage, Subscribed, Welcome,
+    ClientMessage, Delivery, DeliveryRef, FIRST_OFFSET, OffsetRange, PROTOCOL_VERSION, Payload,
+    Position, RequestId, SUBPROTOCOL, ServerMessage, StreamPosition, Subscribed, Welcome,
 };
 pub use topic::{TopicFilter, TopicName};

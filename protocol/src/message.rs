@@ -204,6 +204,36 @@ pub struct Subscribed {
     pub epoch_changed: bool,
 }
 
+/// The offset of the first message of every epoch.
+pub const FIRST_OFFSET: u64 = 1;
+
+/// Where one message of a stored topic sits: its epoch and its offset in
+/// it. A position names one message for ever (section 7.1 of the protocol):
+/// no two messages of a topic ever share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamPosition {
+    /// The stream's epoch.
+    pub epoch: u64,
+    /// The message's offset, from [`FIRST_OFFSET`].
+    pub offset: u64,
+}
+
+impl StreamPosition {
+    /// The position of the message right after this one in the same epoch.
+    pub fn next(self) -> Self {
+        Self {
+            epoch: self.epoch,
+            offset: self.offset + 1,
+        }
+    }
+}
+
+impl std::fmt::Display for StreamPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.offset)
+    }
+}
+
 /// An inclusive range of offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffsetRange {

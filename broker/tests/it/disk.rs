@@ -67,8 +67,7 @@ async fn the_store_levels_off_when_publishing_far_more_than_is_retained() {
         let deadline = tokio::time::Instant::now() + WAIT;
         while broker
             .broker
-            .topics()
-            .info("churn")
+            .topic(&sockeye_protocol::TopicName::parse("churn", 255).unwrap())
             .unwrap()
             .stored_messages
             > retained

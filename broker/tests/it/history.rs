@@ -143,7 +143,10 @@ fn small_retention(config: &mut sockeye_broker::Config) {
 async fn wait_until_trimmed(broker: &TestBroker, topic: &str, first: u64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let info = broker.broker.topics().info(topic).unwrap();
+        let info = broker
+            .broker
+            .topic(&sockeye_protocol::TopicName::parse(topic, 255).unwrap())
+            .unwrap();
         if info.first_offset >= first {
             return;
         }
@@ -215,7 +218,12 @@ async fn a_reset_starts_a_new_epoch_reported_to_live_and_resuming_subscribers() 
     let (old_epoch, _) = publisher.publish("resettable", number(1)).await;
     let mut live = broker.client("live").await;
     live.subscribe("resettable", None).await;
-    let new_epoch = broker.broker.topics().reset("resettable").unwrap().unwrap();
+    let new_epoch = broker
+        .broker
+        .reset_topic(&sockeye_protocol::TopicName::parse("resettable", 255).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(new_epoch, old_epoch);
     assert_eq!(
         live.recv().await,
@@ -308,8 +316,7 @@ async fn acknowledged_publishes_in_fsync_mode_are_flushed_before_the_ack() {
     for n in 1..=5 {
         publisher.publish("acked", number(n)).await;
         // The ack means the flusher covered this write.
-        let store = broker.broker.store();
-        assert!(store.acknowledged_through() >= n);
+        assert!(broker.broker.store_health().acknowledged_writes >= n);
     }
 }
 
@@ -345,7 +352,10 @@ async fn age_and_size_limits_trim_the_oldest_messages() {
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     publisher.publish("aged", number(6)).await;
     wait_until_trimmed(&broker, "aged", 6).await;
-    let sized = broker.broker.topics().info("sized").unwrap();
+    let sized = broker
+        .broker
+        .topic(&sockeye_protocol::TopicName::parse("sized", 255).unwrap())
+        .unwrap();
     assert!(sized.stored_bytes <= 2_000, "{sized:?}");
     assert!(
         sized.stored_messages >= 5,

@@ -254,7 +254,11 @@ async fn fire_and_forget_publishes_are_delivered_and_stored_without_a_reply() {
         assert_eq!(subscriber.delivery().await.offset, n + 1);
     }
     assert_eq!(
-        broker.broker.topics().info("ff").unwrap().stored_messages,
+        broker
+            .broker
+            .topic(&sockeye_protocol::TopicName::parse("ff", 255).unwrap())
+            .unwrap()
+            .stored_messages,
         10
     );
 }

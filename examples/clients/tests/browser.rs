@@ -57,6 +57,9 @@ async fn two_browser_pages_chat_through_the_broker() {
         ]
     );
     // The broker stored what the pages published, under their token subjects.
-    let info = broker.broker.topics().info("chat.lobby").unwrap();
+    let info = broker
+        .broker
+        .topic(&sockeye_protocol::TopicName::parse("chat.lobby", 255).unwrap())
+        .unwrap();
     assert_eq!(info.last_offset, 3);
 }

@@ -182,13 +182,19 @@ async fn the_python_client_reports_a_gap_when_history_was_trimmed() {
         rust.publish("notes.py", &note).await.unwrap();
     }
     // Wait until the trimmer has cut history down to its two newest.
-    let mut topic = broker.broker.topics().info("notes.py").unwrap();
+    let mut topic = broker
+        .broker
+        .topic(&sockeye_protocol::TopicName::parse("notes.py", 255).unwrap())
+        .unwrap();
     for _ in 0..1500 {
         if topic.first_offset >= 5 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        topic = broker.broker.topics().info("notes.py").unwrap();
+        topic = broker
+            .broker
+            .topic(&sockeye_protocol::TopicName::parse("notes.py", 255).unwrap())
+            .unwrap();
     }
     assert_eq!(topic.first_offset, 5);
 

@@ -45,11 +45,11 @@ async fn dropping_a_subscription_unsubscribes_on_the_broker() {
         .await
         .unwrap();
     let sub = client.subscribe::<u8>("dropped.topic").await.unwrap();
-    assert_eq!(broker.broker.topics().subscriptions(), 1);
+    assert_eq!(broker.broker.subscription_counts().0, 1);
     drop(sub);
     // A request after the drop is answered after the unsubscribe was read.
     client.publish("dropped.other", &1u8).await.unwrap();
-    assert_eq!(broker.broker.topics().subscriptions(), 0);
+    assert_eq!(broker.broker.subscription_counts().0, 0);
 }
 
 #[tokio::test]

@@ -54,7 +54,11 @@ async fn a_broker_restart_mid_stream_yields_a_contiguous_sequence() {
     let restarted = stopped.reopen().await;
     for n in 11..=20 {
         restarted
-            .publish("orders.eu", &encode(n), "publisher")
+            .publish(
+                &sockeye_protocol::TopicName::parse("orders.eu", 255).unwrap(),
+                &encode(n),
+                "publisher",
+            )
             .await
             .unwrap();
     }

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Topic, Topics};
+use super::heads::HeadRecord;
+use super::store::{RESERVATION, StoreError};
+use super::{SledEngine, Topic};
 use crate::config::Durability;
 use crate::stats::Stats;
-use crate::store::heads::HeadRecord;
-use crate::store::{RESERVATION, StoreError};
 
 /// How often a store that keeps failing is logged about.
 const STILL_FAILING_LOG_EVERY: Duration = Duration::from_secs(30);
@@ -34,8 +34,8 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Runs the flusher until `shutdown`, then flushes one last time.
-pub(crate) async fn run_flusher(topics: Arc<Topics>, shutdown: CancellationToken) {
-    let store = Arc::clone(&topics.store);
+pub(crate) async fn run_flusher(engine: Arc<SledEngine>, shutdown: CancellationToken) {
+    let store = Arc::clone(&engine.store);
     let mut ticker = tokio::time::interval(store.flush_interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -44,17 +44,17 @@ pub(crate) async fn run_flusher(topics: Arc<Topics>, shutdown: CancellationToken
             () = store.flush_requested() => false,
             _ = ticker.tick() => false,
         };
-        if stop && topics.durability == Durability::Interval {
+        if stop && engine.durability == Durability::Interval {
             // A clean stop leaves no reservation past the last offset, so
             // the next start reports no hole.
-            topics.shrink_reservations();
+            engine.shrink_reservations();
         }
-        if let Err(err) = topics.flush_round(stop).await {
+        if let Err(err) = engine.flush_round(stop).await {
             if stop {
                 tracing::error!(cause = %err, "the last flush before shutdown failed");
                 return;
             }
-            topics.recover(err, &shutdown).await;
+            engine.recover(err, &shutdown).await;
         }
         if stop {
             return;
@@ -69,7 +69,7 @@ fn task_failed(err: &tokio::task::JoinError) -> StoreError {
     }
 }
 
-impl Topics {
+impl SledEngine {
     /// One round of the flusher; `force` flushes even with nothing new.
     async fn flush_round(self: &Arc<Self>, force: bool) -> Result<(), StoreError> {
         let store = Arc::clone(&self.store);
@@ -107,9 +107,11 @@ impl Topics {
         for entry in dirty {
             let mut state = entry.lock();
             state.dirty = false;
-            if let Some(stream) = state.stream {
-                records.push(head_record(&entry, stream.epoch, stream.next - 1));
-            }
+            records.push(head_record(
+                &entry,
+                state.stream.epoch,
+                state.stream.next - 1,
+            ));
         }
         records.extend(
             std::mem::take(&mut *self.retired())
@@ -126,12 +128,10 @@ impl Topics {
         let entries: Vec<Arc<Topic>> = self.registry_read().values().cloned().collect();
         entries
             .iter()
-            .filter_map(|entry| {
+            .map(|entry| {
                 let mut state = entry.lock();
                 state.dirty = false;
-                state
-                    .stream
-                    .map(|stream| head_record(entry, stream.epoch, stream.next - 1))
+                head_record(entry, state.stream.epoch, state.stream.next - 1)
             })
             .collect()
     }
@@ -142,16 +142,14 @@ impl Topics {
         let entries: Vec<Arc<Topic>> = self.registry_read().values().cloned().collect();
         for entry in entries {
             let mut state = entry.lock();
-            let Some(mut stream) = state.stream else {
-                continue;
-            };
+            let mut stream = state.stream;
             if stream.reservation.written_through < stream.next {
                 continue;
             }
             stream.reservation.written_through = stream.next - 1;
             stream.reservation.safe_through = stream.next - 1;
             match self.store.write_record(entry.name.as_str(), &stream) {
-                Ok(_) => state.stream = Some(stream),
+                Ok(_) => state.stream = stream,
                 Err(err) => {
                     tracing::warn!(topic = %entry.name, cause = %err, "could not shrink a reservation; the next start reports a hole");
                 }
@@ -176,8 +174,8 @@ impl Topics {
                 () = tokio::time::sleep(wait) => {}
             }
             attempts += 1;
-            let topics = Arc::clone(self);
-            let result = tokio::task::spawn_blocking(move || topics.reopen_and_reconcile())
+            let engine = Arc::clone(self);
+            let result = tokio::task::spawn_blocking(move || engine.reopen_and_reconcile())
                 .await
                 .map_err(|err| task_failed(&err))
                 .and_then(|result| result);
@@ -220,9 +218,7 @@ impl Topics {
         self.unreleased().clear();
         for entry in &entries {
             let mut state = entry.lock();
-            let Some(mut stream) = state.stream else {
-                continue;
-            };
+            let mut stream = state.stream;
             let now = found
                 .get(entry.name.as_str())
                 .filter(|loaded| loaded.stream.epoch == stream.epoch);
@@ -263,7 +259,7 @@ impl Topics {
                 }
             }
             stream.bytes = loaded.stream.bytes;
-            state.stream = Some(stream);
+            state.stream = stream;
         }
         // Every write so far that was not released is gone: fail its ack,
         // even if a later flush covers its sequence number.

@@ -57,8 +57,6 @@
 //! whole epoch). At start, offsets between the last stored message and the
 //! reservation are recorded as a hole: they may have been seen and are gone.
 
-pub(crate) mod heads;
-
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -72,8 +70,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{Durability, StoreConfig};
 use crate::stats::{BATCH_BOUNDS, Histogram, LATENCY_BOUNDS};
-pub use heads::JournalError;
-use heads::{HeadRecord, HeadsJournal, JournaledEpoch};
+
+use super::heads::{HeadRecord, HeadsJournal, JournalError, JournaledEpoch};
 
 /// Largest epoch value: epochs stay below 2^53.
 const EPOCH_LIMIT: u64 = 1 << 53;
@@ -87,13 +85,13 @@ const JOURNAL_COMPACT_BYTES: u64 = 8 << 20;
 /// Free bytes the store's filesystem needs before a failed store is
 /// reopened: two of sled's segments (it may start a new one while it
 /// recovers) and room for the journal.
-pub const MIN_FREE_BYTES: u64 = 2 * SEGMENT_BYTES + (1 << 20);
+pub(crate) const MIN_FREE_BYTES: u64 = 2 * SEGMENT_BYTES + (1 << 20);
 
 /// sled's segment size: large, so single messages stay out of blob files.
 const SEGMENT_BYTES: u64 = 8 << 20;
 
 /// Name of the heads journal in the store directory.
-pub const HEADS_FILE: &str = "sockeye-heads.log";
+pub(crate) const HEADS_FILE: &str = "sockeye-heads.log";
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +199,7 @@ impl std::fmt::Display for Damage {
 
 /// The position of one topic's stored stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamState {
+pub(crate) struct StreamState {
     /// The stream's epoch.
     pub epoch: u64,
     /// Oldest retained offset; equals `visible` when nothing is retained.
@@ -226,7 +224,7 @@ pub struct StreamState {
 /// The offsets a topic may hand out without another durable record
 /// (interval mode; unused in fsync mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     /// Offsets up to this one may be used now.
     pub safe_through: u64,
     /// The highest reservation written to the store.
@@ -238,25 +236,24 @@ pub struct Reservation {
 
 /// One stored message, as read back.
 #[derive(Debug, Clone)]
-pub struct StoredMessage {
+pub(crate) struct StoredMessage {
     /// Its offset.
     pub offset: u64,
-    /// When the broker accepted it, unix ms.
-    pub timestamp_ms: u64,
     /// The MessagePack body of its `message` frame.
     pub body: sled::IVec,
 }
 
 impl StoredMessage {
     /// The body bytes.
-    pub fn body(&self) -> &[u8] {
-        &self.body[8..]
+    pub(crate) fn body(&self) -> &[u8] {
+        // Reads check that a record holds its timestamp.
+        self.body.get(8..).unwrap_or_default()
     }
 }
 
 /// A batch read from one stream.
 #[derive(Debug, Default)]
-pub struct ReadBatch {
+pub(crate) struct ReadBatch {
     /// Messages in offset order.
     pub messages: Vec<StoredMessage>,
     /// True if the read reached the requested end: no message below it was
@@ -266,7 +263,7 @@ pub struct ReadBatch {
 
 /// One stored topic as found when the store is opened.
 #[derive(Debug, Clone)]
-pub struct LoadedTopic {
+pub(crate) struct LoadedTopic {
     /// The topic name.
     pub name: String,
     /// Its stream.
@@ -280,7 +277,7 @@ pub struct LoadedTopic {
 
 /// What the store found when it was opened.
 #[derive(Debug, Default)]
-pub struct LoadReport {
+pub(crate) struct LoadReport {
     /// Every stored topic.
     pub topics: Vec<LoadedTopic>,
     /// Topics that lost acknowledged data (empty unless damaged).
@@ -291,7 +288,7 @@ pub struct LoadReport {
 /// flush failed (they are never acknowledged, and in `fsync` mode never
 /// stored: see `Topics::reconcile`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DurableMark {
+pub(crate) struct DurableMark {
     /// Writes up to this sequence are durable, but for failed ones.
     pub through: u64,
     /// Ranges of write sequences (inclusive) whose flush failed, oldest
@@ -300,11 +297,11 @@ pub struct DurableMark {
 }
 
 /// Failure episodes remembered in a [`DurableMark`]; older ones are merged.
-pub const MAX_FAILED_RANGES: usize = 64;
+pub(crate) const MAX_FAILED_RANGES: usize = 64;
 
 /// Whether a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckState {
+pub(crate) enum AckState {
     /// Durable under the durability mode.
     Acked,
     /// Its flush failed: answer `storage_failed`.
@@ -315,7 +312,7 @@ pub enum AckState {
 
 impl DurableMark {
     /// The state of write `write` under this mark.
-    pub fn ack_state(&self, write: u64) -> AckState {
+    pub(crate) fn ack_state(&self, write: u64) -> AckState {
         if self
             .failed
             .iter()
@@ -380,7 +377,7 @@ impl Sled {
 }
 
 /// The history store.
-pub struct Store {
+pub(crate) struct Store {
     sled: RwLock<Sled>,
     dir: PathBuf,
     config: StoreConfig,
@@ -450,7 +447,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 /// Unix milliseconds now.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
@@ -498,17 +495,10 @@ struct Scan {
 
 impl Store {
     /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path, config: &StoreConfig) -> Result<Self, StoreError> {
+    pub(crate) fn open(dir: &Path, config: &StoreConfig) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let sled = Sled::open(Some(dir), config)?;
         Self::build(sled, dir.to_path_buf(), config, false)
-    }
-
-    /// Opens a store that lives in memory and a temporary directory and is
-    /// deleted on drop (tests that do not need durability).
-    pub fn temporary(config: &StoreConfig) -> Result<Self, StoreError> {
-        let sled = Sled::open(None, config)?;
-        Self::build(sled, PathBuf::new(), config, true)
     }
 
     fn build(
@@ -548,11 +538,6 @@ impl Store {
             .expect("no code panics while holding the sled handles")
     }
 
-    /// The configured durability mode.
-    pub fn durability(&self) -> Durability {
-        self.durability
-    }
-
     fn next_write(&self) -> u64 {
         self.written.fetch_add(1, Ordering::AcqRel) + 1
     }
@@ -565,7 +550,7 @@ impl Store {
     /// Loads every stored topic and checks it against the heads journal.
     /// Offsets that may have been handed out without being stored (interval
     /// mode, after an unclean stop) are recorded as holes first.
-    pub fn load(&self) -> Result<LoadReport, StoreError> {
+    pub(crate) fn load(&self) -> Result<LoadReport, StoreError> {
         let journal = if self.temporary {
             None
         } else {
@@ -700,7 +685,7 @@ impl Store {
     /// a reset). In interval mode its first reservation is usable at once:
     /// until the record is durable a crash loses the whole epoch, so no
     /// offset of it can be reused.
-    pub fn create_stream(&self, topic: &str) -> Result<StreamState, StoreError> {
+    pub(crate) fn create_stream(&self, topic: &str) -> Result<StreamState, StoreError> {
         let epoch = self.fresh_epoch(&self.sled(), topic)?;
         let reserved = match self.durability {
             Durability::Interval => RESERVATION,
@@ -725,7 +710,7 @@ impl Store {
     }
 
     /// Deletes every message and hole of a stream (after a reset).
-    pub fn delete_stream(&self, epoch: u64) -> Result<(), StoreError> {
+    pub(crate) fn delete_stream(&self, epoch: u64) -> Result<(), StoreError> {
         let sled = self.sled();
         for tree in [&sled.messages, &sled.holes] {
             let mut batch = sled::Batch::default();
@@ -773,7 +758,7 @@ impl Store {
 
     /// Appends one message; returns its write sequence for
     /// [`Store::durable`].
-    pub fn append(
+    pub(crate) fn append(
         &self,
         epoch: u64,
         offset: u64,
@@ -823,7 +808,7 @@ impl Store {
     /// Reads messages of `epoch` with offsets in `from..until`, in offset
     /// order: at most `max`, and past the first at most `max_bytes` of
     /// stored records. Missing offsets (trimmed, holes) are simply absent.
-    pub fn read(
+    pub(crate) fn read(
         &self,
         epoch: u64,
         from: u64,
@@ -851,9 +836,11 @@ impl Store {
             let corrupt = || StoreError::Corrupt {
                 what: format!("message in epoch {epoch}"),
             };
+            if value.len() < 8 {
+                return Err(corrupt());
+            }
             out.push(StoredMessage {
                 offset: be_u64(&key, 8).ok_or_else(corrupt)?,
-                timestamp_ms: be_u64(&value, 0).ok_or_else(corrupt)?,
                 body: value,
             });
         }
@@ -925,12 +912,12 @@ impl Store {
     }
 
     /// Bytes the store occupies on disk.
-    pub fn size_on_disk(&self) -> u64 {
+    pub(crate) fn size_on_disk(&self) -> u64 {
         self.sled().db.size_on_disk().unwrap_or(0)
     }
 
     /// Asks the flusher to flush soon (an acknowledgement is waiting).
-    pub fn request_flush(&self) {
+    pub(crate) fn request_flush(&self) {
         self.flush_requested.notify_one();
     }
 
@@ -940,13 +927,13 @@ impl Store {
     }
 
     /// A receiver of the durable mark.
-    pub fn durable(&self) -> watch::Receiver<DurableMark> {
+    pub(crate) fn durable(&self) -> watch::Receiver<DurableMark> {
         self.durable.subscribe()
     }
 
     /// The write sequence up to which writes are acknowledged: in `fsync`
     /// mode what the flusher covered, in `interval` mode every write.
-    pub fn acknowledged_through(&self) -> u64 {
+    pub(crate) fn acknowledged_through(&self) -> u64 {
         match self.durability {
             Durability::Fsync => self.durable.borrow().through,
             Durability::Interval => self.written.load(Ordering::Acquire),
@@ -959,7 +946,7 @@ impl Store {
     }
 
     /// Whether write `write` is acknowledged now.
-    pub fn ack_state(&self, write: u64) -> AckState {
+    pub(crate) fn ack_state(&self, write: u64) -> AckState {
         match self.durability {
             Durability::Fsync => self.durable.borrow().ack_state(write),
             Durability::Interval => AckState::Acked,
@@ -967,12 +954,12 @@ impl Store {
     }
 
     /// True while the store refuses writes after failing.
-    pub fn is_failing(&self) -> bool {
+    pub(crate) fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Acquire)
     }
 
     /// What the current failure is, if the store is failing.
-    pub fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<String> {
         self.failure
             .lock()
             .expect("no code panics while holding the failure")
@@ -1249,7 +1236,7 @@ fn check_against_journal(
 
 /// The retention limits of one topic, resolved for one trim pass.
 #[derive(Debug, Clone, Copy)]
-pub struct TrimLimits {
+pub(crate) struct TrimLimits {
     /// Most messages kept.
     pub max_messages: u64,
     /// Most body bytes kept.

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Topic, Topics};
+use super::store::{TrimLimits, now_ms};
+use super::{SledEngine, Topic};
 use crate::config::RetentionRule;
-use crate::store::{TrimLimits, now_ms};
 
 /// Messages deleted per store batch.
 const DELETIONS_PER_STEP: usize = 100_000;
@@ -27,7 +27,11 @@ const STEPS_PER_PASS: usize = 10;
 const AGE_RECHECK_MS: u64 = 1_000;
 
 /// Runs a trim pass every `every` until `shutdown`.
-pub(crate) async fn run_trimmer(topics: Arc<Topics>, every: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run_trimmer(
+    engine: Arc<SledEngine>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -35,8 +39,8 @@ pub(crate) async fn run_trimmer(topics: Arc<Topics>, every: Duration, shutdown: 
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let topics = Arc::clone(&topics);
-        if tokio::task::spawn_blocking(move || topics.trim_due())
+        let engine = Arc::clone(&engine);
+        if tokio::task::spawn_blocking(move || engine.trim_due())
             .await
             .is_err()
         {
@@ -45,7 +49,7 @@ pub(crate) async fn run_trimmer(topics: Arc<Topics>, every: Duration, shutdown: 
     }
 }
 
-impl Topics {
+impl SledEngine {
     /// The age-schedule key of a topic whose oldest message is `oldest_ms`.
     pub(super) fn age_key_for(&self, oldest_ms: u64, rule: &RetentionRule) -> (u64, u64) {
         let max_age = u64::try_from(rule.max_age.as_millis()).unwrap_or(u64::MAX);
@@ -72,9 +76,7 @@ impl Topics {
     }
 
     fn trim_topic(&self, entry: &Arc<Topic>, now: u64) {
-        let Some(rule) = entry.retention.clone() else {
-            return;
-        };
+        let rule = Arc::clone(&entry.retention);
         {
             let mut state = entry.lock();
             state.trim_queued = false;
@@ -90,9 +92,7 @@ impl Topics {
         };
         let mut more = false;
         for _ in 0..STEPS_PER_PASS {
-            let Some(stream) = entry.lock().stream else {
-                return;
-            };
+            let stream = entry.lock().stream;
             if stream.visible == stream.first {
                 break;
             }
@@ -109,9 +109,7 @@ impl Topics {
             let new_first;
             {
                 let mut state = entry.lock();
-                let Some(mut current) = state.stream else {
-                    return;
-                };
+                let mut current = state.stream;
                 if current.epoch != stream.epoch {
                     return;
                 }
@@ -137,7 +135,7 @@ impl Topics {
                     break;
                 }
                 state.holes.retain(|hole| hole.to >= new_first);
-                state.stream = Some(current);
+                state.stream = current;
             }
             let deleted = self
                 .store
@@ -152,9 +150,7 @@ impl Topics {
             }
         }
         let mut state = entry.lock();
-        let Some(stream) = state.stream else {
-            return;
-        };
+        let stream = state.stream;
         let over_limit = more
             || stream.next - stream.first > rule.max_messages
             || stream.bytes > rule.max_bytes.as_u64();

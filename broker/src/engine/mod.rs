@@ -1,0 +1,432 @@
+//! The engine seam: where stored topics' offsets and history live. The hub
+//! (`crate::hub`) knows local subscribers; an engine knows streams. Today
+//! there is one engine, sled ([`sled`]), on one node; a second (a network
+//! engine for clusters) is another variant of [`Engine`].
+//!
+//! # The contract
+//!
+//! An engine:
+//!
+//! - assigns each stored topic's offsets densely from
+//!   [`FIRST_OFFSET`](sockeye_protocol::FIRST_OFFSET) within an epoch, and
+//!   never gives an offset to two messages of one epoch;
+//! - hands every published message to the hub ([`Hub::deliver`]) in offset
+//!   order per topic, and only once the message is readable through
+//!   [`Engine::read`] (for sled in `fsync` mode: once it is durable);
+//! - tells the hub when it replaces a stream ([`Hub::stream_reset`]);
+//! - runs [`Engine::with_bounds`]'s closure while no delivery to that topic
+//!   can happen, so the hub can register a subscriber at an exact point;
+//! - reports what an acknowledgement of a publish means ([`Ack`]);
+//! - owns retention and durability;
+//! - learns which topics have local subscribers through [`Engine::watch`]
+//!   and [`Engine::unwatch`] (no-ops for sled, where every delivery starts
+//!   on this node).
+//!
+//! The hub, in turn, treats a delivery ahead of the next offset it expects
+//! as missed messages and replays them through [`Engine::read`] (see the
+//! hub's module docs), so an engine whose deliveries can be lost (a network
+//! one) only has to keep them in order and readable.
+//!
+//! # Adding an engine
+//!
+//! Add a variant to [`Engine`], implement the methods it dispatches
+//! (`publish`, `with_bounds`, `read`, `history`, `reset`, `info`, `list`,
+//! `health`, `ack_state`, ...), and choose it in [`Engine::open`] from the
+//! configuration. Nothing outside this module changes.
+
+#[cfg(test)]
+pub(crate) mod memory;
+pub(crate) mod sled;
+
+use std::sync::Arc;
+
+use sockeye_protocol::frame::FrameBuf;
+use sockeye_protocol::{Delivery, DeliveryRef, OffsetRange, Payload, StreamPosition, TopicName};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::stats::{HistogramSnapshot, Stats};
+
+pub use self::sled::heads::JournalError;
+pub(crate) use self::sled::store::{AckState, DurableMark, ReadBatch, Store, now_ms};
+pub use self::sled::store::{Damage, DamageKind, StoreError};
+
+/// Why a publish (or the subscribe that creates a stored topic) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The store failed, or is failing and refuses writes.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The topic would be stored, and `store.max_topics` are stored already.
+    #[error("the broker stores at most {max} topics (store.max_topics); this one is new")]
+    TooManyTopics {
+        /// The configured cap.
+        max: usize,
+    },
+    /// More than `store.max_unflushed_bytes` wait for the disk.
+    #[error("{bytes} bytes wait for the disk (store.max_unflushed_bytes); retry later")]
+    StoreBehind {
+        /// Bytes waiting.
+        bytes: u64,
+    },
+}
+
+/// What a subscription needs to know about a stored stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamBounds<'a> {
+    /// The stream's epoch.
+    pub(crate) epoch: u64,
+    /// The oldest retained offset.
+    pub(crate) first: u64,
+    /// The next offset the hub will receive (everything below is readable).
+    pub(crate) next: u64,
+    /// Offsets lost after being handed out (interval mode).
+    pub(crate) holes: &'a [OffsetRange],
+}
+
+/// When a publish counts as acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ack {
+    /// Now: an ephemeral topic, or a store that acknowledges writes at once
+    /// (`interval` mode).
+    Now,
+    /// Once the durable mark passes this write sequence (`fsync` mode).
+    Durable(u64),
+}
+
+/// Where a publish went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Published {
+    /// Its position, for stored topics.
+    pub(crate) position: Option<StreamPosition>,
+    /// When it counts as acknowledged.
+    pub(crate) ack: Ack,
+}
+
+/// A stored topic's figures, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredTopicInfo {
+    pub(crate) name: String,
+    pub(crate) epoch: u64,
+    pub(crate) first_offset: u64,
+    pub(crate) last_offset: u64,
+    pub(crate) stored_messages: u64,
+    pub(crate) stored_bytes: u64,
+    pub(crate) published: u64,
+    pub(crate) last_publish_ms: u64,
+    pub(crate) publish_rate: u64,
+}
+
+/// The history store's health and figures, for the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreHealth {
+    /// True while the store fails and refuses writes to stored topics.
+    pub failing: bool,
+    /// What the current failure is, while failing.
+    pub failure: Option<String>,
+    /// Bytes the store occupies on disk.
+    pub size_on_disk: u64,
+    /// Topics whose history is stored.
+    pub stored_topics: u64,
+    /// Flushes that failed since start.
+    pub flush_failures: u64,
+    /// Times the store was reopened to recover from a failure.
+    pub reopens: u64,
+    /// Stored topics that lost acknowledged messages and got a new epoch.
+    pub damaged_topics: u64,
+    /// Writes acknowledged so far (the durable mark in `fsync` mode).
+    pub acknowledged_writes: u64,
+    /// Duration of each flush.
+    pub flush_latency: HistogramSnapshot,
+    /// Writes covered by each flush.
+    pub flush_batch: HistogramSnapshot,
+}
+
+/// Where this node's stored topics live.
+#[derive(Debug)]
+pub(crate) enum Engine {
+    /// sled on this node's disk.
+    Sled(Arc<sled::SledEngine>),
+    /// In memory, for the seam's own tests.
+    #[cfg(test)]
+    Memory(memory::MemoryEngine),
+}
+
+impl Engine {
+    /// Opens the configured engine (sled in `config.server.data_dir`, or
+    /// `store` if given), connects it to `hub`, and starts its tasks.
+    pub(crate) fn open(
+        config: &Config,
+        store: Option<Store>,
+        hub: &Arc<Hub>,
+        stats: Arc<Stats>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Arc<Self>, StoreError> {
+        let store = match store {
+            Some(store) => store,
+            None => Store::open(&config.server.data_dir.join("store"), &config.store)?,
+        };
+        let sled = Arc::new(sled::SledEngine::open(
+            config,
+            store,
+            Arc::clone(hub),
+            stats,
+            tasks.clone(),
+        )?);
+        sled.spawn_tasks(config, tasks, shutdown);
+        let engine = Arc::new(Engine::Sled(sled));
+        hub.attach(&engine);
+        Ok(engine)
+    }
+
+    /// True if `topic`'s history is (or would be) stored.
+    pub(crate) fn is_stored(&self, topic: &TopicName) -> bool {
+        match self {
+            Engine::Sled(engine) => engine.is_stored(topic),
+            #[cfg(test)]
+            Engine::Memory(engine) => engine.is_stored(topic),
+        }
+    }
+
+    /// Publishes `payload` to `topic` (stored or not).
+    pub(crate) fn publish(
+        &self,
+        topic: &TopicName,
+        payload: &Payload,
+        publisher: &str,
+    ) -> Result<Published, WriteError> {
+        match self {
+            Engine::Sled(engine) => engine.publish(topic, payload, publisher),
+            #[cfg(test)]
+            Engine::Memory(engine) => engine.publish(topic, payload, publisher),
+        }
+    }
+
+    /// Runs `plan` with the topic's bounds (`None`: ephemeral) while no
+    /// delivery to the topic can happen; creates the stored stream first if
+    /// a rule stores the topic and `create`.
+    pub(crate) fn with_bounds<R>(
+        &self,
+        topic: &TopicName,
+        create: bool,
+        plan: impl FnOnce(Option<&StreamBounds<'_>>) -> R,
+    ) -> Result<R, WriteError> {
+        match self {
+            Engine::Sled(engine) => engine.with_bounds(topic, create, plan),
+            #[cfg(test)]
+            Engine::Memory(engine) => engine.with_bounds(topic, create, plan),
+        }
+    }
+
+    /// Reads stored messages of `topic`'s stream `epoch` with offsets in
+    /// `from..until`, in offset order: at most `max`, and past the first at
+    /// most `max_bytes`. Missing offsets (trimmed, holes) are absent.
+    pub(crate) async fn read(
+        &self,
+        topic: &TopicName,
+        epoch: u64,
+        from: u64,
+        until: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<ReadBatch, StoreError> {
+        match self {
+            Engine::Sled(engine) => {
+                let _ = topic;
+                engine.read(epoch, from, until, max, max_bytes).await
+            }
+            #[cfg(test)]
+            Engine::Memory(engine) => engine.read(topic, epoch, from, until, max, max_bytes),
+        }
+    }
+
+    /// Stored messages of `topic` from `from`, decoded, with their epoch.
+    pub(crate) async fn history(
+        &self,
+        topic: &TopicName,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Option<(u64, Vec<Delivery>)>, StoreError> {
+        match self {
+            Engine::Sled(engine) => engine.history(topic, from, limit, max_bytes).await,
+            #[cfg(test)]
+            Engine::Memory(_) => Ok(None),
+        }
+    }
+
+    /// Deletes a topic's history and starts a new epoch; `None` if the
+    /// topic is not stored.
+    pub(crate) async fn reset(&self, topic: &TopicName) -> Result<Option<u64>, StoreError> {
+        match self {
+            Engine::Sled(engine) => {
+                let engine = Arc::clone(engine);
+                let topic = topic.clone();
+                tokio::task::spawn_blocking(move || engine.reset(&topic))
+                    .await
+                    .map_err(|err| StoreError::Io {
+                        path: "(reset task)".into(),
+                        source: std::io::Error::other(err.to_string()),
+                    })?
+            }
+            #[cfg(test)]
+            Engine::Memory(engine) => Ok(engine.reset(topic)),
+        }
+    }
+
+    /// A stored topic's figures.
+    pub(crate) fn info(&self, topic: &TopicName) -> Option<StoredTopicInfo> {
+        match self {
+            Engine::Sled(engine) => engine.info(topic),
+            #[cfg(test)]
+            Engine::Memory(_) => None,
+        }
+    }
+
+    /// Stored topics in name order, after `after`, starting with `prefix`.
+    pub(crate) fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<StoredTopicInfo> {
+        match self {
+            Engine::Sled(engine) => engine.list(prefix, after, limit),
+            #[cfg(test)]
+            Engine::Memory(_) => Vec::new(),
+        }
+    }
+
+    /// The store's health and figures.
+    pub(crate) fn health(&self) -> StoreHealth {
+        match self {
+            Engine::Sled(engine) => engine.health(),
+            #[cfg(test)]
+            Engine::Memory(_) => StoreHealth {
+                failing: false,
+                failure: None,
+                size_on_disk: 0,
+                stored_topics: 0,
+                flush_failures: 0,
+                reopens: 0,
+                damaged_topics: 0,
+                acknowledged_writes: 0,
+                flush_latency: crate::stats::Histogram::new(crate::stats::LATENCY_BOUNDS)
+                    .snapshot(),
+                flush_batch: crate::stats::Histogram::new(crate::stats::BATCH_BOUNDS).snapshot(),
+            },
+        }
+    }
+
+    /// True while the store fails (reads may fail; writes are refused).
+    pub(crate) fn is_failing(&self) -> bool {
+        match self {
+            Engine::Sled(engine) => engine.store.is_failing(),
+            #[cfg(test)]
+            Engine::Memory(engine) => engine.is_failing(),
+        }
+    }
+
+    /// Whether `ack` holds now.
+    pub(crate) fn ack_state(&self, ack: Ack) -> AckState {
+        match (self, ack) {
+            (_, Ack::Now) => AckState::Acked,
+            (Engine::Sled(engine), Ack::Durable(write)) => engine.store.ack_state(write),
+            #[cfg(test)]
+            (Engine::Memory(_), Ack::Durable(_)) => AckState::Acked,
+        }
+    }
+
+    /// The durable mark, for sessions that wait on acknowledgements.
+    pub(crate) fn durable(&self) -> watch::Receiver<DurableMark> {
+        match self {
+            Engine::Sled(engine) => engine.store.durable(),
+            #[cfg(test)]
+            Engine::Memory(engine) => engine.durable(),
+        }
+    }
+
+    /// Asks for a flush soon (an acknowledgement waits).
+    pub(crate) fn request_flush(&self) {
+        match self {
+            Engine::Sled(engine) => engine.store.request_flush(),
+            #[cfg(test)]
+            Engine::Memory(_) => {}
+        }
+    }
+
+    /// Waits until `ack` holds: `Ok(true)` when acknowledged, `Ok(false)` if
+    /// the write failed (`storage_failed`), `Err` if the broker shut down
+    /// before it could be told.
+    pub(crate) async fn wait_ack(
+        &self,
+        ack: Ack,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, ShutDown> {
+        let mut durable = self.durable();
+        if matches!(ack, Ack::Durable(_)) {
+            self.request_flush();
+        }
+        loop {
+            match self.ack_state(ack) {
+                AckState::Acked => return Ok(true),
+                AckState::Failed => return Ok(false),
+                AckState::Waiting => {}
+            }
+            // After shutdown the flusher is gone and the mark never moves
+            // again: give up instead of waiting for ever.
+            tokio::select! {
+                changed = durable.changed() => changed.map_err(|_| ShutDown)?,
+                () = shutdown.cancelled() => {
+                    return match self.ack_state(ack) {
+                        AckState::Acked => Ok(true),
+                        AckState::Failed => Ok(false),
+                        AckState::Waiting => Err(ShutDown),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The hub has local subscribers to `topic` from now on.
+    pub(crate) fn watch(&self, topic: &TopicName) {
+        let _ = topic;
+    }
+
+    /// The hub has no local subscriber to `topic` any more.
+    pub(crate) fn unwatch(&self, topic: &TopicName) {
+        let _ = topic;
+    }
+}
+
+/// The broker shut down before an acknowledgement could be decided.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the broker is shutting down")]
+pub(crate) struct ShutDown;
+
+/// Encodes the body of a `message` frame, straight from borrowed parts.
+pub(crate) fn encode_delivery(
+    topic: &str,
+    epoch: u64,
+    offset: u64,
+    timestamp_ms: u64,
+    publisher: &str,
+    payload: &Payload,
+) -> FrameBuf {
+    let mut frame = FrameBuf::with_capacity(payload.len() + topic.len() + publisher.len() + 64);
+    DeliveryRef {
+        topic,
+        epoch,
+        offset,
+        timestamp_ms,
+        publisher,
+        payload,
+    }
+    .encode_body(frame.body_mut());
+    frame
+}
