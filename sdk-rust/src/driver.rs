@@ -28,9 +28,9 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use sockeye_protocol::{
-    ClientMessage, CloseCode, Compression, DecodeError, Delivery, ErrorCode, OffsetRange,
-    PROTOCOL_VERSION, Position, RequestId, SUBPROTOCOL, ServerMessage, Subscribed, TopicFilter,
-    TopicName, Welcome, frame,
+    ClientMessage, CloseCode, Compression, DecodeError, Delivery, ErrorCode, FIRST_OFFSET,
+    OffsetRange, PROTOCOL_VERSION, Position, RequestId, SUBPROTOCOL, ServerMessage, StreamPosition,
+    Subscribed, TopicFilter, TopicName, Welcome, frame,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::TrySendError;
@@ -75,11 +75,11 @@ struct Sub {
     first: Option<oneshot::Sender<Result<Subscribed, Error>>>,
     /// The position asked for by the application (first subscribe only).
     position: Option<Position>,
-    /// For exact subscriptions to stored topics: the `(epoch, offset)` of
-    /// the next message to hand to the application. Everything before it was
+    /// For exact subscriptions to stored topics: the position of the next
+    /// message to hand to the application. Everything before it was
     /// delivered; anything else that arrives is a duplicate or was skipped
     /// while the queue was full, and is dropped.
-    expected: Option<(u64, u64)>,
+    expected: Option<StreamPosition>,
     /// A `subscribe` for it is waiting for its reply on this connection.
     in_flight: bool,
     /// The broker holds it on this connection.
@@ -655,9 +655,9 @@ impl Driver {
         let position = if sub.first.is_some() {
             sub.position
         } else {
-            sub.expected.map(|(epoch, next)| Position::After {
-                epoch,
-                offset: next.saturating_sub(1),
+            sub.expected.map(|next| Position::After {
+                epoch: next.epoch,
+                offset: next.offset.saturating_sub(1),
             })
         };
         sub.in_flight = true;
@@ -893,18 +893,13 @@ impl Driver {
         let Some(sub) = self.subs.get_mut(&key) else {
             return;
         };
-        if let Some((epoch, next)) = sub.expected {
-            match arrival(
-                (epoch, next),
-                delivery.epoch,
-                delivery.offset,
-                delivery.offset,
-            ) {
+        if let Some(next) = sub.expected {
+            match arrival(next, delivery.epoch, delivery.offset, delivery.offset) {
                 Arrival::Behind => {
                     tracing::trace!(
                         topic = %delivery.topic,
                         offset = delivery.offset,
-                        next,
+                        next = next.offset,
                         "skipping a delivery already handed over"
                     );
                     return;
@@ -920,7 +915,7 @@ impl Driver {
                 return;
             }
             match sub.queue.try_send(Item::Message(delivery)) {
-                Ok(()) => sub.expected = Some((epoch, next + 1)),
+                Ok(()) => sub.expected = Some(next.next()),
                 Err(TrySendError::Full(_)) => Self::overflowed(conn, key, sub),
                 Err(TrySendError::Closed(_)) => self.on_dropped(conn, key),
             }
@@ -948,7 +943,7 @@ impl Driver {
         let Some(sub) = self.subs.get_mut(&key) else {
             return;
         };
-        let Some((expected_epoch, next)) = sub.expected else {
+        let Some(next) = sub.expected else {
             let gap = Gap {
                 epoch,
                 from: range.from,
@@ -957,9 +952,9 @@ impl Driver {
             Self::notify(conn, key, sub, Item::Gap { topic, gap });
             return;
         };
-        match arrival((expected_epoch, next), epoch, range.from, range.to) {
+        match arrival(next, epoch, range.from, range.to) {
             Arrival::Behind => {
-                tracing::trace!(%topic, next, "skipping a gap before the cursor");
+                tracing::trace!(%topic, next = next.offset, "skipping a gap before the cursor");
             }
             Arrival::Ahead => Self::ahead_of_cursor(conn, key, sub, epoch, range.from),
             Arrival::Next => {
@@ -970,11 +965,16 @@ impl Driver {
                 // Offsets before the cursor were delivered: not part of the gap.
                 let gap = Gap {
                     epoch,
-                    from: next,
+                    from: next.offset,
                     to: range.to,
                 };
                 match sub.queue.try_send(Item::Gap { topic, gap }) {
-                    Ok(()) => sub.expected = Some((epoch, range.to + 1)),
+                    Ok(()) => {
+                        sub.expected = Some(StreamPosition {
+                            epoch,
+                            offset: range.to + 1,
+                        });
+                    }
                     Err(TrySendError::Full(_)) => Self::overflowed(conn, key, sub),
                     Err(TrySendError::Closed(_)) => self.on_dropped(conn, key),
                 }
@@ -992,9 +992,9 @@ impl Driver {
         let item = Item::EpochChanged {
             topic,
             epoch,
-            next_offset: 1,
+            next_offset: FIRST_OFFSET,
         };
-        let Some((current, _)) = sub.expected else {
+        let Some(current) = sub.expected.map(|next| next.epoch) else {
             Self::notify(conn, key, sub, item);
             return;
         };
@@ -1006,7 +1006,12 @@ impl Driver {
             return;
         }
         match sub.queue.try_send(item) {
-            Ok(()) => sub.expected = Some((epoch, 1)),
+            Ok(()) => {
+                sub.expected = Some(StreamPosition {
+                    epoch,
+                    offset: FIRST_OFFSET,
+                });
+            }
             Err(TrySendError::Full(_)) => Self::overflowed(conn, key, sub),
             Err(TrySendError::Closed(_)) => self.on_dropped(conn, key),
         }
@@ -1047,7 +1052,10 @@ impl Driver {
             if sub.expected.is_none() {
                 // A new cursor: there is no earlier one to resubscribe from,
                 // so a notice that finds the queue full is owed.
-                sub.expected = Some((reply.epoch, reply.next_offset));
+                sub.expected = Some(StreamPosition {
+                    epoch: reply.epoch,
+                    offset: reply.next_offset,
+                });
                 if let Some(notice) = notice {
                     sub.owe(notice);
                 }
@@ -1060,7 +1068,10 @@ impl Driver {
                 let delivered = sub.flush_notices()
                     && notice.is_none_or(|notice| sub.queue.try_send(notice).is_ok());
                 if delivered {
-                    sub.expected = Some((reply.epoch, reply.next_offset));
+                    sub.expected = Some(StreamPosition {
+                        epoch: reply.epoch,
+                        offset: reply.next_offset,
+                    });
                 } else {
                     sub.needs_resync = true;
                 }
@@ -1128,10 +1139,10 @@ enum Arrival {
     Ahead,
 }
 
-fn arrival((cursor_epoch, next): (u64, u64), epoch: u64, from: u64, to: u64) -> Arrival {
-    if epoch != cursor_epoch || from > next {
+fn arrival(next: StreamPosition, epoch: u64, from: u64, to: u64) -> Arrival {
+    if epoch != next.epoch || from > next.offset {
         Arrival::Ahead
-    } else if to < next {
+    } else if to < next.offset {
         Arrival::Behind
     } else {
         Arrival::Next
@@ -1357,7 +1368,7 @@ mod tests {
     fn hold(
         driver: &mut Driver,
         filter: &str,
-        expected: Option<(u64, u64)>,
+        expected: Option<StreamPosition>,
         capacity: usize,
     ) -> mpsc::Receiver<Item> {
         let (queue, receiver) = mpsc::channel(capacity);
@@ -1430,7 +1441,10 @@ mod tests {
 
     #[test]
     fn frames_are_placed_against_the_cursor() {
-        let cursor = (9, 5);
+        let cursor = StreamPosition {
+            epoch: 9,
+            offset: 5,
+        };
         assert_eq!(arrival(cursor, 9, 5, 5), Arrival::Next);
         assert_eq!(arrival(cursor, 9, 4, 4), Arrival::Behind);
         assert_eq!(arrival(cursor, 9, 6, 6), Arrival::Ahead);
@@ -1447,7 +1461,15 @@ mod tests {
     async fn a_delivery_past_the_cursor_resubscribes_from_the_cursor() {
         let mut driver = driver();
         let mut conn = conn();
-        let mut receiver = hold(&mut driver, "chat", Some((9, 5)), 8);
+        let mut receiver = hold(
+            &mut driver,
+            "chat",
+            Some(StreamPosition {
+                epoch: 9,
+                offset: 5,
+            }),
+            8,
+        );
         driver.on_message(&mut conn, delivery("chat", 9, 5));
         // Offset 6 never arrives; 7 and 8 do.
         driver.on_message(&mut conn, delivery("chat", 9, 7));
@@ -1491,7 +1513,15 @@ mod tests {
         ] {
             let mut driver = driver();
             let mut conn = conn();
-            let mut receiver = hold(&mut driver, "chat", Some((9, 5)), 8);
+            let mut receiver = hold(
+                &mut driver,
+                "chat",
+                Some(StreamPosition {
+                    epoch: 9,
+                    offset: 5,
+                }),
+                8,
+            );
             driver.on_message(&mut conn, frame.clone());
             assert!(receiver.try_recv().is_err(), "{frame:?} is not handed over");
             run_wakes(&mut driver, &mut conn).await;
@@ -1519,7 +1549,15 @@ mod tests {
     async fn duplicates_are_dropped_without_resubscribing() {
         let mut driver = driver();
         let mut conn = conn();
-        let mut receiver = hold(&mut driver, "chat", Some((9, 5)), 8);
+        let mut receiver = hold(
+            &mut driver,
+            "chat",
+            Some(StreamPosition {
+                epoch: 9,
+                offset: 5,
+            }),
+            8,
+        );
         driver.on_message(&mut conn, delivery("chat", 9, 4));
         driver.on_message(&mut conn, gap("chat", 9, 1, 3));
         driver.on_message(&mut conn, delivery("chat", 9, 5));
