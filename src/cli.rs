@@ -49,6 +49,13 @@ pub(crate) struct ServeArgs {
     /// docs/operations.md, "A damaged store").
     #[arg(long)]
     pub(crate) reset_damaged_topics: bool,
+    /// Where stored topics live: `sled` (this node) or `redis` (a cluster;
+    /// sets `engine.kind`).
+    #[arg(long, value_name = "KIND")]
+    pub(crate) engine: Option<String>,
+    /// The Redis server of a cluster (sets `engine.redis.url`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -64,6 +71,12 @@ impl ServeArgs {
         }
         if self.reset_damaged_topics {
             overrides.push(("store.on_damage", "new_epoch".to_owned()));
+        }
+        if let Some(engine) = &self.engine {
+            overrides.push(("engine.kind", engine.clone()));
+        }
+        if let Some(url) = &self.redis_url {
+            overrides.push(("engine.redis.url", url.clone()));
         }
         overrides
     }

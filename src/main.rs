@@ -88,7 +88,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let admin = config.admin.clone();
         let admin_tls = config.tls.admin;
         let drain_timeout = config.shutdown.drain_timeout;
-        let broker = Broker::open(config).context("cannot start the broker")?;
+        let broker = Broker::open(config)
+            .await
+            .context("cannot start the broker")?;
         #[cfg(unix)]
         reload_tls_on_sighup(broker.clone())?;
         let listener = tokio::net::TcpListener::bind(listen)

@@ -12,7 +12,7 @@ use crate::cli::CommonArgs;
 pub(crate) const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
 
 /// The top-level sections of the configuration file.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "server",
     "admin",
     "auth",
@@ -23,6 +23,7 @@ const SECTIONS: [&str; 10] = [
     "retention",
     "shutdown",
     "tls",
+    "engine",
 ];
 
 /// True if an environment key (prefix stripped, `__` turned into `.`, in

@@ -25,7 +25,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let broker = sockeye_broker::Broker::open(sockeye_broker::Config::default())?;
+//! let broker = sockeye_broker::Broker::open(sockeye_broker::Config::default()).await?;
 //! let admin = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
 //! tokio::spawn(sockeye_admin::serve(broker.clone(), admin, std::future::pending()));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;

@@ -294,11 +294,14 @@ pub(crate) async fn list_topics(
     Query(params): Query<TopicListParams>,
 ) -> Result<axum::Json<TopicPage>, ApiError> {
     let limit = checked_limit(params.limit)?;
-    let topics = state.broker.list_topics(
-        params.prefix.as_deref().unwrap_or(""),
-        params.after.as_deref(),
-        limit + 1,
-    );
+    let topics = state
+        .broker
+        .list_topics(
+            params.prefix.as_deref().unwrap_or(""),
+            params.after.as_deref(),
+            limit + 1,
+        )
+        .await?;
     let (items, next) = split_page(topics, limit, |topic| topic.name.clone());
     Ok(axum::Json(TopicPage {
         items: items.into_iter().map(TopicView::from).collect(),
@@ -324,6 +327,7 @@ pub(crate) async fn get_topic(
     let info = state
         .broker
         .topic(&name)
+        .await?
         .ok_or_else(|| topic_not_found(&path.topic))?;
     Ok(axum::Json(info.into()))
 }
@@ -352,6 +356,7 @@ pub(crate) async fn get_history(
     let info = state
         .broker
         .topic(&name)
+        .await?
         .ok_or_else(|| topic_not_found(&path.topic))?;
     if !info.stored {
         return Err(not_stored(&path.topic));
@@ -455,6 +460,7 @@ pub(crate) async fn delete_history(
     let info = state
         .broker
         .topic(&name)
+        .await?
         .ok_or_else(|| topic_not_found(&path.topic))?;
     if !info.stored {
         return Err(not_stored(&path.topic));

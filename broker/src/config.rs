@@ -41,6 +41,79 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// TLS for the listeners (`wss://`).
     pub tls: TlsConfig,
+    /// Where stored topics live: sled on this node, or Redis for a cluster.
+    pub engine: EngineConfig,
+}
+
+/// Which engine keeps stored topics, and its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `sled` (one node, history on this node's disk) or `redis` (a
+    /// cluster of nodes sharing topics, offsets and history through Redis).
+    pub kind: EngineKind,
+    /// Settings of the `redis` engine.
+    pub redis: RedisConfig,
+}
+
+/// The engine kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// sled on this node (the default).
+    Sled,
+    /// Redis, shared by every node of a cluster.
+    Redis,
+}
+
+/// Settings of the `redis` engine (see docs/cluster.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// The Redis server, as `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key and channel, so several clusters can share one
+    /// Redis.
+    pub key_prefix: String,
+    /// This node's name in the cluster; empty means `<host name>:<port of
+    /// the WebSocket listener>`. Unique per node.
+    pub node_name: String,
+    /// Longest a command (a publish, a read) may take before it fails with
+    /// `storage_failed`.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Longest a connection attempt to Redis may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How often this node announces itself (its entry expires after three
+    /// missed beats).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Most publishes sent to Redis in one pipelined batch.
+    pub publish_batch: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            kind: EngineKind::Sled,
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "sockeye".into(),
+            node_name: String::new(),
+            command_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(5),
+            publish_batch: 512,
+        }
+    }
 }
 
 /// TLS settings. With `cert_file` and `key_file` set, the WebSocket
@@ -522,6 +595,7 @@ impl Default for Config {
             retention: vec![RetentionRule::default()],
             shutdown: ShutdownConfig::default(),
             tls: TlsConfig::default(),
+            engine: EngineConfig::default(),
         }
     }
 }

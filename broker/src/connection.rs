@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
-use crate::engine::{Ack, AckState, DurableMark, WriteError};
+use crate::engine::{Ack, AckState, DurableMark, NetworkAck, WriteError};
 use crate::hub::{SubscribeError, SubscribeOutcome, Subscriber};
 use crate::linger::CloseLinger;
 use crate::peer::{Inbox, Peer};
@@ -70,15 +70,19 @@ impl Refusal {
     }
 }
 
-/// A `published` reply that waits for its write's flush.
+/// A publish whose outcome is not decided yet: waiting for its write's
+/// flush (sled), or for the network engine's answer.
 #[derive(Debug)]
 struct PendingAck {
     /// When the message counts as acknowledged.
     ack: Ack,
-    /// The publish request's id, for the error reply if the flush fails.
+    /// The publish request's id, for the reply.
     id: RequestId,
-    /// The `published` reply.
-    reply: Bytes,
+    /// The `published` reply, when it is known in advance (sled); a network
+    /// answer carries the position instead.
+    reply: Option<Bytes>,
+    /// False for `ack: false`: only a failure is answered.
+    wants_reply: bool,
 }
 
 /// What woke the session loop.
@@ -87,6 +91,8 @@ enum Event {
     Queued(Bytes),
     /// The store's durable write sequence advanced.
     Durable,
+    /// The network engine answered the oldest pending publish.
+    Answered(Result<Option<StreamPosition>, ()>),
     /// Something from the socket (or its end).
     Incoming(Option<Result<Message, axum::Error>>),
     /// Time to ping (and check for silence).
@@ -328,6 +334,7 @@ impl Session {
                     Some(frame) => Event::Queued(frame),
                     None => return Ending::Gone,
                 },
+                answer = front_answer(&mut self.pending_acks) => Event::Answered(answer),
                 changed = self.durable.changed(), if !self.pending_acks.is_empty() => {
                     if changed.is_err() {
                         return Ending::Close(CloseCode::GoingAway, "history store closed".into());
@@ -375,6 +382,7 @@ impl Session {
         match event {
             Event::Queued(frame) => self.write_queued(frame).await,
             Event::Durable => self.write_durable_acks().await,
+            Event::Answered(answer) => self.write_answers(answer).await,
             Event::Incoming(incoming) => {
                 let max_pending = config.limits.max_pending_acks;
                 let mut ending = self.handle_incoming(incoming).await?;
@@ -441,11 +449,11 @@ impl Session {
         self.durable.borrow_and_update();
         let engine = Arc::clone(self.broker.engine());
         while let Some(pending) = self.pending_acks.front() {
-            match engine.ack_state(pending.ack) {
+            match engine.ack_state(&pending.ack) {
                 AckState::Waiting => break,
                 AckState::Acked => {
-                    if let Some(pending) = self.pending_acks.pop_front() {
-                        self.feed(pending.reply).await?;
+                    if let Some(reply) = self.pending_acks.pop_front().and_then(|p| p.reply) {
+                        self.feed(reply).await?;
                     }
                 }
                 AckState::Failed => {
@@ -458,6 +466,54 @@ impl Session {
                         .await?;
                     }
                 }
+            }
+        }
+        self.socket.flush().await.map(|()| None)
+    }
+
+    /// Writes the network engine's answer to the oldest pending publish,
+    /// then every later one that is already in, in order.
+    async fn write_answers(
+        &mut self,
+        first: Result<Option<StreamPosition>, ()>,
+    ) -> Result<Option<Ending>, axum::Error> {
+        let mut answer = Some(first);
+        while let Some(result) = answer.take() {
+            let Some(pending) = self.pending_acks.pop_front() else {
+                break;
+            };
+            match result {
+                Ok(position) if pending.wants_reply => {
+                    let position = position.unwrap_or(StreamPosition {
+                        epoch: 0,
+                        offset: 0,
+                    });
+                    let reply = self.encode(&ServerMessage::Published {
+                        id: pending.id,
+                        epoch: position.epoch,
+                        offset: position.offset,
+                    });
+                    self.feed(reply).await?;
+                }
+                Ok(_) => {}
+                Err(()) => {
+                    self.error(
+                        Some(pending.id),
+                        ErrorCode::StorageFailed,
+                        "the history store did not take this message in time; it may or may not be stored",
+                    )
+                    .await?;
+                }
+            }
+            if let Some(next) = self.pending_acks.front_mut()
+                && let Ack::Network(NetworkAck(receiver)) = &mut next.ack
+            {
+                answer = match receiver.try_recv() {
+                    Ok(Ok(position)) => Some(Ok(position)),
+                    Ok(Err(_)) => Some(Err(())),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Some(Err(())),
+                };
             }
         }
         self.socket.flush().await.map(|()| None)
@@ -565,7 +621,7 @@ impl Session {
                 id,
                 topic,
                 position,
-            } => self.subscribe(id, &topic, position).map(Some),
+            } => self.subscribe(id, &topic, position).await.map(Some),
             ClientMessage::Unsubscribe { id, topic } => self.unsubscribe(id, &topic).map(Some),
             ClientMessage::Publish {
                 id,
@@ -590,7 +646,7 @@ impl Session {
     }
 
     /// Handles `subscribe`; the reply frame on success.
-    fn subscribe(
+    async fn subscribe(
         &mut self,
         id: RequestId,
         text: &str,
@@ -657,8 +713,10 @@ impl Session {
                     peer: Arc::clone(&self.peer),
                     cancel: cancel.clone(),
                 };
-                let outcome = hub
-                    .subscribe_exact(self.broker.engine(), &topic, subscriber, position)
+                let engine = Arc::clone(self.broker.engine());
+                let outcome = engine
+                    .subscribe(hub, &topic, subscriber, position)
+                    .await
                     .map_err(|err| match err {
                         SubscribeError::PositionUnsupported => Refusal::new(
                             ErrorCode::PositionUnsupported,
@@ -789,6 +847,17 @@ impl Session {
             .publish(&topic, payload, &self.identity.subject)
             .map_err(|err| write_refusal(&err))?;
         self.peer.counters.published.fetch_add(1, Ordering::Relaxed);
+        if let Ack::Network(_) = published.ack {
+            // Answered when the engine is: success only if asked for, a
+            // failure always.
+            self.pending_acks.push_back(PendingAck {
+                ack: published.ack,
+                id,
+                reply: None,
+                wants_reply: ack,
+            });
+            return Ok(None);
+        }
         if !ack {
             return Ok(None);
         }
@@ -802,13 +871,14 @@ impl Session {
             epoch: position.epoch,
             offset: position.offset,
         });
-        match engine.ack_state(published.ack) {
+        match engine.ack_state(&published.ack) {
             AckState::Acked => Ok(Some(reply)),
             _ => {
                 self.pending_acks.push_back(PendingAck {
                     ack: published.ack,
                     id,
-                    reply,
+                    reply: Some(reply),
+                    wants_reply: true,
                 });
                 engine.request_flush();
                 Ok(None)
@@ -907,6 +977,18 @@ fn socket_error_ending(err: &axum::Error) -> Ending {
             Ending::Abort(CloseCode::InvalidPayload, "invalid UTF-8".into())
         }
         _ => Ending::Gone,
+    }
+}
+
+/// The network engine's answer to the oldest pending publish; never
+/// resolves while that one waits for a flush instead (or none waits).
+async fn front_answer(pending: &mut VecDeque<PendingAck>) -> Result<Option<StreamPosition>, ()> {
+    match pending.front_mut().map(|front| &mut front.ack) {
+        Some(Ack::Network(NetworkAck(receiver))) => match receiver.await {
+            Ok(Ok(position)) => Ok(position),
+            _ => Err(()),
+        },
+        _ => std::future::pending().await,
     }
 }
 

@@ -32,7 +32,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = sockeye_broker::Config::default();
-//! let broker = sockeye_broker::Broker::open(config)?;
+//! let broker = sockeye_broker::Broker::open(config).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! broker.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
@@ -56,13 +56,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sockeye_protocol::{CloseCode, Delivery, Payload, StreamPosition, TopicName};
+
+use crate::engine::AckError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::auth::{Authenticator, Claims, Identity};
 pub use crate::config::Config;
-pub use crate::engine::{Damage, DamageKind, JournalError, StoreError, StoreHealth, WriteError};
+pub use crate::engine::{
+    Damage, DamageKind, JournalError, NodeInfo, StoreError, StoreHealth, WriteError,
+};
 pub use crate::peer::{ConnId, ConnectionInfo};
 pub use crate::server::{HttpOptions, serve_http};
 pub use crate::stats::{HistogramSnapshot, Stats};
@@ -145,8 +149,22 @@ struct Inner {
 impl Broker {
     /// Validates `config`, opens the store in `config.server.data_dir`, and
     /// starts the background tasks. Must be called inside a tokio runtime.
-    pub fn open(config: Config) -> Result<Self, BrokerError> {
+    pub async fn open(config: Config) -> Result<Self, BrokerError> {
         config.validate()?;
+        if config.engine.kind == config::EngineKind::Redis
+            && config.auth.algorithm.is_hmac()
+            && config.auth.secret.is_none()
+            && config.auth.secret_file.is_none()
+        {
+            return Err(BrokerError::Config(config::ConfigError {
+                key: "auth.secret_file".into(),
+                reason: "cluster mode (engine.kind = \"redis\") needs one signing key shared by \
+                         every node: set auth.secret_file (or auth.public_key_file for RS256/ES256); \
+                         a development secret generated per node would make each node refuse the \
+                         others' tokens"
+                    .into(),
+            }));
+        }
         let authenticator = Authenticator::from_config(
             &config.auth,
             &config.server.data_dir,
@@ -162,7 +180,16 @@ impl Broker {
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let hub = Arc::new(Hub::new(&config, Arc::clone(&stats), tasks.clone()));
-        let engine = Engine::open(&config, None, &hub, Arc::clone(&stats), &tasks, &shutdown)?;
+        let (control, control_requests) = tokio::sync::mpsc::unbounded_channel();
+        let engine = Engine::open(
+            &config,
+            &hub,
+            Arc::clone(&stats),
+            &tasks,
+            &shutdown,
+            control,
+        )
+        .await?;
         let tls = match (&config.tls.cert_file, &config.tls.key_file) {
             (Some(cert), Some(key)) => Some(Arc::new(tls::TlsReloader::load(cert, key)?)),
             _ => None,
@@ -185,7 +212,7 @@ impl Broker {
                     .map(|quota| governor::RateLimiter::direct(quota.allow_burst(burst)))
             })
             .flatten();
-        Ok(Self {
+        let broker = Self {
             inner: Arc::new(Inner {
                 config: Arc::new(config),
                 authenticator,
@@ -204,7 +231,32 @@ impl Broker {
                 #[cfg(feature = "test-hooks")]
                 panic_armed: Mutex::default(),
             }),
-        })
+        };
+        broker
+            .inner
+            .tasks
+            .spawn(run_control(broker.downgrade(), control_requests));
+        Ok(broker)
+    }
+
+    /// Announces this node to its cluster (a no-op on a single node), once
+    /// its WebSocket listener is bound to `address`.
+    pub(crate) fn announce(&self, address: std::net::SocketAddr) {
+        let broker = self.downgrade();
+        self.inner.engine.announce(
+            address,
+            move || {
+                broker
+                    .upgrade()
+                    .map_or(0, |inner| Broker { inner }.connection_count() as u64)
+            },
+            &self.inner.tasks,
+            &self.inner.shutdown,
+        );
+    }
+
+    fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
     }
 
     /// Serves WebSocket clients on `listener` until `shutdown` resolves;
@@ -371,31 +423,37 @@ impl Broker {
                 WriteError::TooManyTopics { max } => PublishError::TooManyTopics { max },
                 WriteError::StoreBehind { .. } => PublishError::Store(StoreError::Failing),
             })?;
-        let acked = self
+        let answered = self
             .inner
             .engine
             .wait_ack(published.ack, &self.inner.shutdown)
             .await
-            .map_err(|_| PublishError::ShuttingDown)?;
-        if !acked {
-            return Err(PublishError::Store(StoreError::Failing));
-        }
-        Ok(published.position)
+            .map_err(|err| match err {
+                AckError::Failed => PublishError::Store(StoreError::Failing),
+                AckError::ShutDown => PublishError::ShuttingDown,
+            })?;
+        Ok(published.position.or(answered))
     }
 
-    /// A topic with state (stored, or with local subscribers).
-    pub fn topic(&self, topic: &TopicName) -> Option<TopicInfo> {
+    /// A topic with state (stored, cluster-wide in a cluster; or with
+    /// local subscribers).
+    pub async fn topic(&self, topic: &TopicName) -> Result<Option<TopicInfo>, StoreError> {
         let local = self.inner.hub.local_info(topic);
-        match self.inner.engine.info(topic) {
+        Ok(match self.inner.engine.info(topic).await? {
             Some(stored) => Some(TopicInfo::stored(stored, local.unwrap_or_default())),
             None => local.map(|local| TopicInfo::ephemeral(topic.to_string(), local)),
-        }
+        })
     }
 
     /// Topics with state in name order, after `after`, whose names start
     /// with `prefix`; at most `limit`.
-    pub fn list_topics(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<TopicInfo> {
-        let stored = self.inner.engine.list(prefix, after, limit);
+    pub async fn list_topics(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TopicInfo>, StoreError> {
+        let stored = self.inner.engine.list(prefix, after, limit).await?;
         let ephemeral = self.inner.hub.list_ephemeral(prefix, after, limit);
         let mut topics: Vec<TopicInfo> = stored
             .into_iter()
@@ -414,7 +472,7 @@ impl Broker {
             .collect();
         topics.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         topics.truncate(limit);
-        topics
+        Ok(topics)
     }
 
     /// Topics with state: stored ones, and ephemeral ones with subscribers.
@@ -452,6 +510,7 @@ impl Broker {
             .inner
             .engine
             .info(topic)
+            .await?
             .filter(|now| now.epoch == epoch)
             .map_or(0, |now| now.last_offset);
         Ok(Some(History {
@@ -470,6 +529,35 @@ impl Broker {
     /// The history store's health and figures.
     pub fn store_health(&self) -> StoreHealth {
         self.inner.engine.health()
+    }
+
+    /// This node's name in its cluster (`None` for a single node).
+    pub fn node_name(&self) -> Option<String> {
+        self.inner.engine.node_name().map(str::to_owned)
+    }
+
+    /// The nodes of this broker's cluster (empty for a single node).
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        self.inner.engine.nodes().await
+    }
+
+    /// Asks node `node` of the cluster to close its connection `id` with
+    /// `code`; the node acts when the request reaches it.
+    pub async fn disconnect_on(
+        &self,
+        node: &str,
+        id: ConnId,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let message = engine::ControlMessage {
+            op: "disconnect".into(),
+            node: node.to_owned(),
+            connection: id.0,
+            code: code.code(),
+            reason: reason.to_owned(),
+        };
+        self.inner.engine.send_control(&message).await
     }
 
     /// Closes every connection with 1001 and a reconnect hint spread over
@@ -676,6 +764,29 @@ impl Broker {
             .panic_armed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Carries out the cluster's requests for this node (from the engine's
+/// control channel) while the broker lives.
+async fn run_control(
+    broker: std::sync::Weak<Inner>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<engine::ControlMessage>,
+) {
+    while let Some(request) = requests.recv().await {
+        let Some(inner) = broker.upgrade() else {
+            return;
+        };
+        let broker = Broker { inner };
+        if request.op == "disconnect" {
+            let code = CloseCode::from_code(request.code).unwrap_or(CloseCode::Kicked);
+            let found = broker.disconnect(ConnId(request.connection), code, &request.reason);
+            tracing::info!(
+                connection = request.connection,
+                found,
+                "disconnect requested by another node"
+            );
+        }
     }
 }
 

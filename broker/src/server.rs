@@ -244,6 +244,9 @@ pub(crate) async fn serve(
         handshake_timeout: broker.config().server.handshake_timeout,
         stats: Some(Arc::clone(broker.stats())),
     };
+    if let Ok(address) = listener.local_addr() {
+        broker.announce(address);
+    }
     serve_http(listener, router(broker.clone()), options, shutdown).await;
     tracing::info!("shutting down: closing connections with 1001");
     broker.drain().await;

@@ -134,6 +134,10 @@ pub struct Stats {
     pub slow_consumer_disconnects: AtomicU64,
     /// Messages replayed from the store.
     pub replayed: AtomicU64,
+    /// Topics whose live subscribers were moved to a replay because this
+    /// node missed deliveries (a skipped offset, a lost route to the
+    /// engine).
+    pub repairs: AtomicU64,
     /// Publishes refused by the rate limit.
     pub rate_limited: AtomicU64,
     /// Error replies sent.
@@ -168,6 +172,7 @@ impl Default for Stats {
             slow_consumer_catch_ups: AtomicU64::new(0),
             slow_consumer_disconnects: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            repairs: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             error_replies: AtomicU64::new(0),
             auth_failures: Default::default(),

@@ -48,6 +48,7 @@ pub use frame::Compression;
 pub use limits::Limits;
 pub use message::{
     ClientMessage, Delivery, DeliveryRef, FIRST_OFFSET, OffsetRange, PROTOCOL_VERSION, Payload,
-    Position, RequestId, SUBPROTOCOL, ServerMessage, StreamPosition, Subscribed, Welcome,
+    Position, PositionSlots, RequestId, SUBPROTOCOL, ServerMessage, StreamPosition, Subscribed,
+    Welcome,
 };
 pub use topic::{TopicFilter, TopicName};

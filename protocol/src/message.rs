@@ -305,6 +305,24 @@ impl DeliveryRef<'_> {
         map.finish();
     }
 
+    /// Appends the body of the `message` frame with its `epoch` and
+    /// `offset` written as fixed-width MessagePack `uint 64` (marker `0xcf`
+    /// and 8 big-endian bytes, both zero here), and returns where the 8
+    /// bytes of each start in `out`, so that whoever assigns the position
+    /// later (a Redis script) can write it in place. Any MessagePack decoder
+    /// reads the fixed-width form as the same number.
+    pub fn encode_body_with_position_slots(&self, out: &mut Vec<u8>) -> PositionSlots {
+        let mut map = MapWriter::begin(out);
+        map.str("type", "message").str("topic", self.topic);
+        let epoch = map.fixed_uint64("epoch");
+        let offset = map.fixed_uint64("offset");
+        map.uint("ts", self.timestamp_ms)
+            .str("publisher", self.publisher)
+            .raw("payload", self.payload.as_msgpack());
+        map.finish();
+        PositionSlots { epoch, offset }
+    }
+
     fn write_fields(&self, map: &mut MapWriter<'_>) {
         map.str("topic", self.topic)
             .uint("epoch", self.epoch)
@@ -433,6 +451,24 @@ pub(crate) fn write_msgpack<T>(
     }
 }
 
+/// Where the 8 bytes of a body's `epoch` and `offset` start (see
+/// [`DeliveryRef::encode_body_with_position_slots`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositionSlots {
+    /// Index of the epoch's first byte.
+    pub epoch: usize,
+    /// Index of the offset's first byte.
+    pub offset: usize,
+}
+
+impl PositionSlots {
+    /// Writes `position` into a body encoded with these slots.
+    pub fn fill(&self, body: &mut [u8], position: StreamPosition) {
+        body[self.epoch..self.epoch + 8].copy_from_slice(&position.epoch.to_be_bytes());
+        body[self.offset..self.offset + 8].copy_from_slice(&position.offset.to_be_bytes());
+    }
+}
+
 /// Writes a map whose entry count is patched in at the end. All our maps
 /// have fewer than 16 entries, so the header is always a one-byte fixmap.
 pub(crate) struct MapWriter<'a> {
@@ -467,6 +503,16 @@ impl<'a> MapWriter<'a> {
         self.key(key);
         write_msgpack(self.out, |buf| encode::write_uint(buf, value));
         self
+    }
+
+    /// Writes `key: 0` as a fixed-width `uint 64`; returns where its 8 value
+    /// bytes start.
+    fn fixed_uint64(&mut self, key: &str) -> usize {
+        self.key(key);
+        self.out.push(0xcf);
+        let at = self.out.len();
+        self.out.extend_from_slice(&[0; 8]);
+        at
     }
 
     pub(crate) fn opt_uint(&mut self, key: &str, value: Option<u64>) -> &mut Self {

@@ -606,3 +606,36 @@ proptest! {
         prop_assert_eq!(ClientMessage::decode(&body).unwrap(), message);
     }
 }
+
+#[test]
+fn a_body_with_position_slots_decodes_to_the_position_written_into_it() {
+    use sockeye_protocol::{DeliveryRef, StreamPosition};
+    let payload = Payload::binary(b"hello");
+    let delivery = DeliveryRef {
+        topic: "chat.lobby",
+        epoch: 0,
+        offset: 0,
+        timestamp_ms: 1_700_000_000_000,
+        publisher: "alice",
+        payload: &payload,
+    };
+    let mut body = Vec::new();
+    let slots = delivery.encode_body_with_position_slots(&mut body);
+    let position = StreamPosition {
+        epoch: (1 << 53) - 1,
+        offset: 42,
+    };
+    slots.fill(&mut body, position);
+    match ServerMessage::decode(&bytes::Bytes::from(body)).expect("a valid body") {
+        ServerMessage::Message(decoded) => {
+            assert_eq!(
+                (decoded.epoch, decoded.offset),
+                (position.epoch, position.offset)
+            );
+            assert_eq!(decoded.topic, "chat.lobby");
+            assert_eq!(decoded.timestamp_ms, 1_700_000_000_000);
+            assert_eq!(decoded.payload.as_binary(), Some(&b"hello"[..]));
+        }
+        other => panic!("not a message: {other:?}"),
+    }
+}

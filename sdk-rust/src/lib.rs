@@ -34,7 +34,7 @@
 //! # let dir = tempfile::tempdir()?;
 //! # let mut config = sockeye_broker::Config::default();
 //! # config.server.data_dir = dir.path().to_owned();
-//! # let broker = sockeye_broker::Broker::open(config)?;
+//! # let broker = sockeye_broker::Broker::open(config).await?;
 //! # let token = broker.authenticator().mint(sockeye_broker::Claims {
 //! #     sub: "alice".into(),
 //! #     exp: Some(sockeye_broker::auth::unix_now() + 3600),

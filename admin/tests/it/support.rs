@@ -47,7 +47,7 @@ impl TestServer {
         config.admin.api_keys = vec![API_KEY.into()];
         config.shutdown.drain_timeout = Duration::from_secs(5);
         tweak(&mut config);
-        let broker = Broker::open(config).unwrap();
+        let broker = Broker::open(config).await.unwrap();
         let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ws_addr = ws.local_addr().unwrap();

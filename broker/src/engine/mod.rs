@@ -36,6 +36,7 @@
 
 #[cfg(test)]
 pub(crate) mod memory;
+pub(crate) mod redis;
 pub(crate) mod sled;
 
 use std::sync::Arc;
@@ -46,10 +47,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
-use crate::hub::Hub;
+use crate::config::{Config, EngineKind};
+use crate::hub::{Hub, SubscribeError, SubscribeOutcome, Subscriber};
 use crate::stats::{HistogramSnapshot, Stats};
 
+pub(crate) use self::redis::ControlMessage;
+pub use self::redis::NodeInfo;
 pub use self::sled::heads::JournalError;
 pub(crate) use self::sled::store::{AckState, DurableMark, ReadBatch, Store, now_ms};
 pub use self::sled::store::{Damage, DamageKind, StoreError};
@@ -89,17 +92,26 @@ pub(crate) struct StreamBounds<'a> {
 }
 
 /// When a publish counts as acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Ack {
     /// Now: an ephemeral topic, or a store that acknowledges writes at once
     /// (`interval` mode).
     Now,
     /// Once the durable mark passes this write sequence (`fsync` mode).
     Durable(u64),
+    /// When a network engine answers: with the message's position
+    /// (`None` for an ephemeral topic), or why it failed.
+    Network(NetworkAck),
 }
 
+/// The answer a network engine will give to one publish.
+#[derive(Debug)]
+pub(crate) struct NetworkAck(
+    pub(crate) tokio::sync::oneshot::Receiver<Result<Option<StreamPosition>, StoreError>>,
+);
+
 /// Where a publish went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Published {
     /// Its position, for stored topics.
     pub(crate) position: Option<StreamPosition>,
@@ -151,6 +163,8 @@ pub struct StoreHealth {
 pub(crate) enum Engine {
     /// sled on this node's disk.
     Sled(Arc<sled::SledEngine>),
+    /// Redis, shared by the nodes of a cluster.
+    Redis(Arc<redis::RedisEngine>),
     /// In memory, for the seam's own tests.
     #[cfg(test)]
     Memory(memory::MemoryEngine),
@@ -158,36 +172,58 @@ pub(crate) enum Engine {
 
 impl Engine {
     /// Opens the configured engine (sled in `config.server.data_dir`, or
-    /// `store` if given), connects it to `hub`, and starts its tasks.
-    pub(crate) fn open(
+    /// Redis), connects it to `hub`, and starts its tasks. Operators'
+    /// requests for this node that arrive through the engine (a cluster's
+    /// control channel) go to `control`.
+    pub(crate) async fn open(
         config: &Config,
-        store: Option<Store>,
         hub: &Arc<Hub>,
         stats: Arc<Stats>,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
+        control: tokio::sync::mpsc::UnboundedSender<ControlMessage>,
     ) -> Result<Arc<Self>, StoreError> {
-        let store = match store {
-            Some(store) => store,
-            None => Store::open(&config.server.data_dir.join("store"), &config.store)?,
+        let engine = match config.engine.kind {
+            EngineKind::Sled => {
+                let store = Store::open(&config.server.data_dir.join("store"), &config.store)?;
+                let sled = Arc::new(sled::SledEngine::open(
+                    config,
+                    store,
+                    Arc::clone(hub),
+                    stats,
+                    tasks.clone(),
+                )?);
+                sled.spawn_tasks(config, tasks, shutdown);
+                Engine::Sled(sled)
+            }
+            EngineKind::Redis => Engine::Redis(
+                redis::RedisEngine::open(config, Arc::clone(hub), tasks, shutdown, control).await?,
+            ),
         };
-        let sled = Arc::new(sled::SledEngine::open(
-            config,
-            store,
-            Arc::clone(hub),
-            stats,
-            tasks.clone(),
-        )?);
-        sled.spawn_tasks(config, tasks, shutdown);
-        let engine = Arc::new(Engine::Sled(sled));
+        let engine = Arc::new(engine);
         hub.attach(&engine);
         Ok(engine)
+    }
+
+    /// Subscribes `subscriber` to the exact topic `topic` from `position`.
+    pub(crate) async fn subscribe(
+        &self,
+        hub: &Arc<Hub>,
+        topic: &TopicName,
+        subscriber: Subscriber,
+        position: Option<sockeye_protocol::Position>,
+    ) -> Result<SubscribeOutcome, SubscribeError> {
+        match self {
+            Engine::Redis(engine) => engine.subscribe(self, topic, subscriber, position).await,
+            _ => hub.subscribe_exact(self, topic, subscriber, position),
+        }
     }
 
     /// True if `topic`'s history is (or would be) stored.
     pub(crate) fn is_stored(&self, topic: &TopicName) -> bool {
         match self {
             Engine::Sled(engine) => engine.is_stored(topic),
+            Engine::Redis(engine) => engine.is_stored(topic),
             #[cfg(test)]
             Engine::Memory(engine) => engine.is_stored(topic),
         }
@@ -202,6 +238,7 @@ impl Engine {
     ) -> Result<Published, WriteError> {
         match self {
             Engine::Sled(engine) => engine.publish(topic, payload, publisher),
+            Engine::Redis(engine) => engine.publish(topic, payload, publisher),
             #[cfg(test)]
             Engine::Memory(engine) => engine.publish(topic, payload, publisher),
         }
@@ -218,6 +255,9 @@ impl Engine {
     ) -> Result<R, WriteError> {
         match self {
             Engine::Sled(engine) => engine.with_bounds(topic, create, plan),
+            // Subscriptions go through `Engine::subscribe`, which reads the
+            // bounds over the network and repairs afterwards.
+            Engine::Redis(_) => Ok(plan(None)),
             #[cfg(test)]
             Engine::Memory(engine) => engine.with_bounds(topic, create, plan),
         }
@@ -240,6 +280,7 @@ impl Engine {
                 let _ = topic;
                 engine.read(epoch, from, until, max, max_bytes).await
             }
+            Engine::Redis(engine) => engine.read(topic, epoch, from, until, max, max_bytes).await,
             #[cfg(test)]
             Engine::Memory(engine) => engine.read(topic, epoch, from, until, max, max_bytes),
         }
@@ -255,6 +296,7 @@ impl Engine {
     ) -> Result<Option<(u64, Vec<Delivery>)>, StoreError> {
         match self {
             Engine::Sled(engine) => engine.history(topic, from, limit, max_bytes).await,
+            Engine::Redis(engine) => engine.history(topic, from, limit, max_bytes).await,
             #[cfg(test)]
             Engine::Memory(_) => Ok(None),
         }
@@ -274,31 +316,77 @@ impl Engine {
                         source: std::io::Error::other(err.to_string()),
                     })?
             }
+            Engine::Redis(engine) => engine.reset(topic).await,
             #[cfg(test)]
             Engine::Memory(engine) => Ok(engine.reset(topic)),
         }
     }
 
-    /// A stored topic's figures.
-    pub(crate) fn info(&self, topic: &TopicName) -> Option<StoredTopicInfo> {
+    /// A stored topic's figures (cluster-wide for a network engine).
+    pub(crate) async fn info(
+        &self,
+        topic: &TopicName,
+    ) -> Result<Option<StoredTopicInfo>, StoreError> {
         match self {
-            Engine::Sled(engine) => engine.info(topic),
+            Engine::Sled(engine) => Ok(engine.info(topic)),
+            Engine::Redis(engine) => engine.info(topic).await,
             #[cfg(test)]
-            Engine::Memory(_) => None,
+            Engine::Memory(_) => Ok(None),
         }
     }
 
     /// Stored topics in name order, after `after`, starting with `prefix`.
-    pub(crate) fn list(
+    pub(crate) async fn list(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Vec<StoredTopicInfo> {
+    ) -> Result<Vec<StoredTopicInfo>, StoreError> {
         match self {
-            Engine::Sled(engine) => engine.list(prefix, after, limit),
+            Engine::Sled(engine) => Ok(engine.list(prefix, after, limit)),
+            Engine::Redis(engine) => engine.list(prefix, after, limit).await,
             #[cfg(test)]
-            Engine::Memory(_) => Vec::new(),
+            Engine::Memory(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The cluster's live nodes (empty for a single-node engine).
+    pub(crate) async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        match self {
+            Engine::Redis(engine) => engine.nodes().await,
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// This node's name in its cluster (`None` for a single-node engine).
+    pub(crate) fn node_name(&self) -> Option<&str> {
+        match self {
+            Engine::Redis(engine) => Some(engine.node_name()),
+            _ => None,
+        }
+    }
+
+    /// Asks another node of the cluster to act (a network engine only).
+    pub(crate) async fn send_control(&self, message: &ControlMessage) -> Result<(), StoreError> {
+        match self {
+            Engine::Redis(engine) => engine.send_control(message).await,
+            _ => Err(StoreError::Unavailable {
+                reason: "this broker is not part of a cluster".into(),
+            }),
+        }
+    }
+
+    /// Starts announcing this node (a network engine), once its WebSocket
+    /// listener is bound.
+    pub(crate) fn announce(
+        &self,
+        address: std::net::SocketAddr,
+        connections: impl Fn() -> u64 + Send + 'static,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        if let Engine::Redis(engine) = self {
+            engine.announce(address, connections, tasks, shutdown);
         }
     }
 
@@ -306,6 +394,7 @@ impl Engine {
     pub(crate) fn health(&self) -> StoreHealth {
         match self {
             Engine::Sled(engine) => engine.health(),
+            Engine::Redis(engine) => engine.health(),
             #[cfg(test)]
             Engine::Memory(_) => StoreHealth {
                 failing: false,
@@ -327,18 +416,20 @@ impl Engine {
     pub(crate) fn is_failing(&self) -> bool {
         match self {
             Engine::Sled(engine) => engine.store.is_failing(),
+            Engine::Redis(engine) => engine.is_failing(),
             #[cfg(test)]
             Engine::Memory(engine) => engine.is_failing(),
         }
     }
 
-    /// Whether `ack` holds now.
-    pub(crate) fn ack_state(&self, ack: Ack) -> AckState {
+    /// Whether `ack` holds now (a network acknowledgement is `Waiting`
+    /// until its answer is taken with [`Engine::wait_ack`] or polled).
+    pub(crate) fn ack_state(&self, ack: &Ack) -> AckState {
         match (self, ack) {
             (_, Ack::Now) => AckState::Acked,
-            (Engine::Sled(engine), Ack::Durable(write)) => engine.store.ack_state(write),
-            #[cfg(test)]
-            (Engine::Memory(_), Ack::Durable(_)) => AckState::Acked,
+            (Engine::Sled(engine), Ack::Durable(write)) => engine.store.ack_state(*write),
+            (_, Ack::Network(_)) => AckState::Waiting,
+            (_, Ack::Durable(_)) => AckState::Acked,
         }
     }
 
@@ -346,6 +437,7 @@ impl Engine {
     pub(crate) fn durable(&self) -> watch::Receiver<DurableMark> {
         match self {
             Engine::Sled(engine) => engine.store.durable(),
+            Engine::Redis(engine) => engine.durable(),
             #[cfg(test)]
             Engine::Memory(engine) => engine.durable(),
         }
@@ -353,40 +445,50 @@ impl Engine {
 
     /// Asks for a flush soon (an acknowledgement waits).
     pub(crate) fn request_flush(&self) {
-        match self {
-            Engine::Sled(engine) => engine.store.request_flush(),
-            #[cfg(test)]
-            Engine::Memory(_) => {}
+        if let Engine::Sled(engine) = self {
+            engine.store.request_flush();
         }
     }
 
-    /// Waits until `ack` holds: `Ok(true)` when acknowledged, `Ok(false)` if
-    /// the write failed (`storage_failed`), `Err` if the broker shut down
-    /// before it could be told.
+    /// Waits until `ack` is decided: `Ok(Some(position))` (or `Ok(None)`
+    /// for an ephemeral topic... or a sled one, whose position the caller
+    /// already has) when acknowledged, `Err(AckError::Failed)` if the write
+    /// failed (`storage_failed`), `Err(AckError::ShutDown)` if the broker
+    /// shut down before it could be told.
     pub(crate) async fn wait_ack(
         &self,
         ack: Ack,
         shutdown: &CancellationToken,
-    ) -> Result<bool, ShutDown> {
+    ) -> Result<Option<StreamPosition>, AckError> {
+        if let Ack::Network(NetworkAck(answer)) = ack {
+            return tokio::select! {
+                answer = answer => match answer {
+                    Ok(Ok(position)) => Ok(position),
+                    Ok(Err(_)) => Err(AckError::Failed),
+                    Err(_) => Err(AckError::ShutDown),
+                },
+                () = shutdown.cancelled() => Err(AckError::ShutDown),
+            };
+        }
         let mut durable = self.durable();
         if matches!(ack, Ack::Durable(_)) {
             self.request_flush();
         }
         loop {
-            match self.ack_state(ack) {
-                AckState::Acked => return Ok(true),
-                AckState::Failed => return Ok(false),
+            match self.ack_state(&ack) {
+                AckState::Acked => return Ok(None),
+                AckState::Failed => return Err(AckError::Failed),
                 AckState::Waiting => {}
             }
             // After shutdown the flusher is gone and the mark never moves
             // again: give up instead of waiting for ever.
             tokio::select! {
-                changed = durable.changed() => changed.map_err(|_| ShutDown)?,
+                changed = durable.changed() => changed.map_err(|_| AckError::ShutDown)?,
                 () = shutdown.cancelled() => {
-                    return match self.ack_state(ack) {
-                        AckState::Acked => Ok(true),
-                        AckState::Failed => Ok(false),
-                        AckState::Waiting => Err(ShutDown),
+                    return match self.ack_state(&ack) {
+                        AckState::Acked => Ok(None),
+                        AckState::Failed => Err(AckError::Failed),
+                        AckState::Waiting => Err(AckError::ShutDown),
                     };
                 }
             }
@@ -395,19 +497,36 @@ impl Engine {
 
     /// The hub has local subscribers to `topic` from now on.
     pub(crate) fn watch(&self, topic: &TopicName) {
-        let _ = topic;
+        if let Engine::Redis(engine) = self {
+            engine.watch(topic);
+        }
     }
 
     /// The hub has no local subscriber to `topic` any more.
     pub(crate) fn unwatch(&self, topic: &TopicName) {
-        let _ = topic;
+        if let Engine::Redis(engine) = self {
+            engine.unwatch(topic);
+        }
+    }
+
+    /// The hub has local wildcard subscriptions (`true`) or none any more.
+    pub(crate) fn watch_wildcards(&self, on: bool) {
+        if let Engine::Redis(engine) = self {
+            engine.watch_every_topic(on);
+        }
     }
 }
 
-/// The broker shut down before an acknowledgement could be decided.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the broker is shutting down")]
-pub(crate) struct ShutDown;
+/// Why an acknowledgement was not given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AckError {
+    /// The write failed: answer `storage_failed`.
+    #[error("the write failed")]
+    Failed,
+    /// The broker shut down first.
+    #[error("the broker is shutting down")]
+    ShutDown,
+}
 
 /// Encodes the body of a `message` frame, straight from borrowed parts.
 pub(crate) fn encode_delivery(

@@ -267,6 +267,7 @@ impl Hub {
                         // Missed some: catch up from the store, in order.
                         self.restart_at(&entry, &mut state, expected);
                         state.stream = Some(position.next());
+                        Stats::add(&self.stats.repairs, 1);
                     } else {
                         state.stream = Some(position.next());
                         delivered += self.fan_out(&entry, &mut state, frame, Some(position));
@@ -485,7 +486,8 @@ impl Hub {
         (entry, true)
     }
 
-    /// Subscribes to an exact topic, from `position`: live at once, or
+    /// Subscribes to an exact topic, from `position`, with an engine that
+    /// can keep deliveries out while the hub plans (sled): live at once, or
     /// through a replay that then joins live delivery.
     pub(crate) fn subscribe_exact(
         self: &Arc<Self>,
@@ -498,58 +500,113 @@ impl Hub {
         if position.is_some() && !stored {
             return Err(SubscribeError::PositionUnsupported);
         }
-        let mut subscriber = Some(subscriber);
         engine.with_bounds(topic, stored, |bounds| {
-            let (entry, created) = self.entry(topic, bounds);
-            if created {
-                // The engine routes the topic's deliveries here from now on
-                // (a no-op where every delivery reaches every node anyway).
-                engine.watch(topic);
-            }
-            let mut state = entry.lock();
-            let subscriber = subscriber
-                .take()
-                .expect("with_bounds runs its closure once");
-            let (Some(bounds), Some(head)) = (bounds, state.stream) else {
-                if position.is_some() {
-                    return Err(SubscribeError::PositionUnsupported);
-                }
-                state.live.push(subscriber);
-                return Ok(SubscribeOutcome {
-                    stored: false,
-                    epoch: 0,
-                    last_offset: 0,
-                    next_offset: 0,
-                    complete: true,
-                    gap: None,
-                    epoch_changed: false,
-                });
-            };
-            let plan = plan_start(bounds, head.offset, position);
-            if plan.start >= head.offset {
-                state.live.push(subscriber);
-            } else {
-                self.start_replay(
-                    &entry,
-                    &mut state,
-                    subscriber,
-                    ReplayStart {
-                        epoch: head.epoch,
-                        cursor: plan.start,
-                        send_reset: false,
-                    },
-                );
-            }
-            Ok(SubscribeOutcome {
-                stored: true,
-                epoch: head.epoch,
-                last_offset: head.offset - 1,
-                next_offset: plan.start,
-                complete: plan.complete,
-                gap: plan.gap,
-                epoch_changed: plan.epoch_changed,
-            })
+            self.subscribe_at(engine, topic, bounds, subscriber, position)
         })?
+    }
+
+    /// Registers `subscriber` for `topic` given the stream's `bounds`
+    /// (`None`: ephemeral). Where the engine cannot keep deliveries out
+    /// while this runs (a network engine), it calls [`Hub::repair`] with
+    /// the head it reads afterwards, so a delivery missed in between is
+    /// replayed.
+    pub(crate) fn subscribe_at(
+        self: &Arc<Self>,
+        engine: &Engine,
+        topic: &TopicName,
+        bounds: Option<&StreamBounds<'_>>,
+        subscriber: Subscriber,
+        position: Option<Position>,
+    ) -> Result<SubscribeOutcome, SubscribeError> {
+        let (entry, created) = self.entry(topic, bounds);
+        if created {
+            // The engine routes the topic's deliveries here from now on.
+            engine.watch(topic);
+        }
+        let mut state = entry.lock();
+        let (Some(bounds), Some(mut head)) = (bounds, state.stream) else {
+            if position.is_some() {
+                return Err(SubscribeError::PositionUnsupported);
+            }
+            state.live.push(subscriber);
+            return Ok(SubscribeOutcome {
+                stored: false,
+                epoch: 0,
+                last_offset: 0,
+                next_offset: 0,
+                complete: true,
+                gap: None,
+                epoch_changed: false,
+            });
+        };
+        if head.epoch != bounds.epoch {
+            // The stream was replaced and no delivery said so yet.
+            self.restart_all(&entry, &mut state, bounds.epoch, true);
+            head = StreamPosition {
+                epoch: bounds.epoch,
+                offset: bounds.next,
+            };
+            state.stream = Some(head);
+        }
+        let plan = plan_start(bounds, head.offset, position);
+        if plan.start >= head.offset {
+            state.live.push(subscriber);
+        } else {
+            self.start_replay(
+                &entry,
+                &mut state,
+                subscriber,
+                ReplayStart {
+                    epoch: head.epoch,
+                    cursor: plan.start,
+                    send_reset: false,
+                },
+            );
+        }
+        Ok(SubscribeOutcome {
+            stored: true,
+            epoch: head.epoch,
+            last_offset: head.offset - 1,
+            next_offset: plan.start,
+            complete: plan.complete,
+            gap: plan.gap,
+            epoch_changed: plan.epoch_changed,
+        })
+    }
+
+    /// The engine learned that `topic`'s stream holds everything through
+    /// `head` (after a subscription, or after its delivery route was
+    /// interrupted): anything the topic's live subscribers have not been
+    /// given is replayed to them, in order. Returns whether a repair
+    /// started.
+    pub(crate) fn repair(self: &Arc<Self>, topic: &TopicName, head: StreamPosition) -> bool {
+        let Some(entry) = self.registry_read().get(topic).cloned() else {
+            return false;
+        };
+        let mut state = entry.lock();
+        let Some(expected) = state.stream else {
+            return false;
+        };
+        if head.epoch != expected.epoch {
+            self.restart_all(&entry, &mut state, head.epoch, true);
+        } else if head.offset >= expected.offset {
+            self.restart_at(&entry, &mut state, expected);
+        } else {
+            return false;
+        }
+        state.stream = Some(head.next());
+        Stats::add(&self.stats.repairs, 1);
+        true
+    }
+
+    /// Topics with local subscribers, for an engine that has to repair
+    /// every one of them after its delivery route was interrupted.
+    pub(crate) fn stored_topics(&self) -> Vec<TopicName> {
+        self.registry_read()
+            .values()
+            .filter(|entry| entry.lock().stream.is_some())
+            .map(|entry| entry.name.clone())
+            .collect()
     }
 
     /// Removes `peer`'s subscription to an exact topic.
@@ -594,16 +651,31 @@ impl Hub {
         filter: &TopicFilter,
         peer: Arc<Peer>,
     ) -> Result<(), WildcardRefusal> {
-        let stale = self.wildcards_write().insert(filter, peer)?;
+        let (stale, first) = {
+            let mut wildcards = self.wildcards_write();
+            let stale = wildcards.insert(filter, peer)?;
+            (stale, wildcards.len() == 1)
+        };
         // The emptied match cache is freed here, after the write lock.
         drop(stale);
+        if first && let Some(engine) = self.engine() {
+            engine.watch_wildcards(true);
+        }
         Ok(())
     }
 
     /// Removes a wildcard subscription.
     pub(crate) fn unsubscribe_wildcard(&self, filter: &TopicFilter, peer: ConnId) {
-        let stale = self.wildcards_write().remove(filter, peer);
+        let (stale, none_left) = {
+            let mut wildcards = self.wildcards_write();
+            let stale = wildcards.remove(filter, peer);
+            let none_left = stale.is_some() && wildcards.len() == 0;
+            (stale, none_left)
+        };
         drop(stale);
+        if none_left && let Some(engine) = self.engine() {
+            engine.watch_wildcards(false);
+        }
     }
 
     /// The epoch and next live offset of a topic whose replay of `epoch`

@@ -38,7 +38,9 @@ impl Seam {
     fn memory(&self) -> &MemoryEngine {
         match &*self.engine {
             Engine::Memory(engine) => engine,
-            Engine::Sled(_) => unreachable!("the seam tests use the memory engine"),
+            Engine::Sled(_) | Engine::Redis(_) => {
+                unreachable!("the seam tests use the memory engine")
+            }
         }
     }
 

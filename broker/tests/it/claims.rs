@@ -98,7 +98,7 @@ async fn a_leeway_longer_than_an_hour_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::support::test_config(dir.path());
     config.auth.leeway = std::time::Duration::from_secs(3601);
-    let error = sockeye_broker::Broker::open(config).unwrap_err();
+    let error = sockeye_broker::Broker::open(config).await.unwrap_err();
     assert!(error.to_string().contains("auth.leeway"), "{error}");
 }
 
@@ -264,8 +264,10 @@ async fn a_secret_file_shorter_than_32_bytes_is_refused_at_start() {
     std::fs::write(&secret, format!("{}\n", "s".repeat(31))).unwrap();
     let mut config = crate::support::test_config(dir.path());
     config.auth.secret_file = Some(secret.clone());
-    let error = sockeye_broker::Broker::open(config.clone()).unwrap_err();
+    let error = sockeye_broker::Broker::open(config.clone())
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("secret"), "{error}");
     std::fs::write(&secret, format!("{}\n", "s".repeat(32))).unwrap();
-    sockeye_broker::Broker::open(config).unwrap();
+    sockeye_broker::Broker::open(config).await.unwrap();
 }

@@ -68,6 +68,8 @@ async fn the_store_levels_off_when_publishing_far_more_than_is_retained() {
         while broker
             .broker
             .topic(&sockeye_protocol::TopicName::parse("churn", 255).unwrap())
+            .await
+            .unwrap()
             .unwrap()
             .stored_messages
             > retained

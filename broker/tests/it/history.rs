@@ -146,6 +146,8 @@ async fn wait_until_trimmed(broker: &TestBroker, topic: &str, first: u64) {
         let info = broker
             .broker
             .topic(&sockeye_protocol::TopicName::parse(topic, 255).unwrap())
+            .await
+            .unwrap()
             .unwrap();
         if info.first_offset >= first {
             return;
@@ -355,6 +357,8 @@ async fn age_and_size_limits_trim_the_oldest_messages() {
     let sized = broker
         .broker
         .topic(&sockeye_protocol::TopicName::parse("sized", 255).unwrap())
+        .await
+        .unwrap()
         .unwrap();
     assert!(sized.stored_bytes <= 2_000, "{sized:?}");
     assert!(

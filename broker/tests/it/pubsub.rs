@@ -257,6 +257,8 @@ async fn fire_and_forget_publishes_are_delivered_and_stored_without_a_reply() {
         broker
             .broker
             .topic(&sockeye_protocol::TopicName::parse("ff", 255).unwrap())
+            .await
+            .unwrap()
             .unwrap()
             .stored_messages,
         10

@@ -67,7 +67,7 @@ impl TestBroker {
     ) -> Self {
         let mut config = test_config(data_dir);
         tweak(&mut config);
-        let broker = Broker::open(config).unwrap();
+        let broker = Broker::open(config).await.unwrap();
         let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
             .await
             .unwrap();

@@ -60,6 +60,8 @@ async fn two_browser_pages_chat_through_the_broker() {
     let info = broker
         .broker
         .topic(&sockeye_protocol::TopicName::parse("chat.lobby", 255).unwrap())
+        .await
+        .unwrap()
         .unwrap();
     assert_eq!(info.last_offset, 3);
 }

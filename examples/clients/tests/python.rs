@@ -185,6 +185,8 @@ async fn the_python_client_reports_a_gap_when_history_was_trimmed() {
     let mut topic = broker
         .broker
         .topic(&sockeye_protocol::TopicName::parse("notes.py", 255).unwrap())
+        .await
+        .unwrap()
         .unwrap();
     for _ in 0..1500 {
         if topic.first_offset >= 5 {
@@ -194,6 +196,8 @@ async fn the_python_client_reports_a_gap_when_history_was_trimmed() {
         topic = broker
             .broker
             .topic(&sockeye_protocol::TopicName::parse("notes.py", 255).unwrap())
+            .await
+            .unwrap()
             .unwrap();
     }
     assert_eq!(topic.first_offset, 5);

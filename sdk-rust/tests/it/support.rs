@@ -44,11 +44,13 @@ impl TestBroker {
         let mut config = test_config(&dir);
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        Self::serve(config, dir, listener)
+        Self::serve(config, dir, listener).await
     }
 
-    fn serve(config: Config, dir: tempfile::TempDir, listener: TcpListener) -> Self {
-        let broker = Broker::open(config.clone()).expect("the broker opens");
+    async fn serve(config: Config, dir: tempfile::TempDir, listener: TcpListener) -> Self {
+        let broker = Broker::open(config.clone())
+            .await
+            .expect("the broker opens");
         Self::serve_broker(broker, config, dir, listener)
     }
 
@@ -138,7 +140,7 @@ impl Stopped {
         // The previous broker's store may take a moment to release its lock.
         let mut attempts = 0;
         loop {
-            match Broker::open(self.config.clone()) {
+            match Broker::open(self.config.clone()).await {
                 Ok(broker) => return broker,
                 Err(err) if attempts < 100 => {
                     attempts += 1;

@@ -132,6 +132,13 @@ pub enum StoreError {
     /// until it recovers.
     #[error("history store is failing; retry later")]
     Failing,
+    /// The store is another server (Redis) that did not answer, or answered
+    /// with an error.
+    #[error("history store is unavailable: {reason}")]
+    Unavailable {
+        /// What went wrong.
+        reason: String,
+    },
     /// The flusher is gone (the store is shutting down).
     #[error("history store is closed")]
     Closed,
