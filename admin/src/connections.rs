@@ -117,6 +117,11 @@ pub(crate) struct DisconnectParams {
     /// The reason sent in the close frame (at most 120 bytes).
     #[param(max_length = 120, default = "disconnected by an operator")]
     reason: Option<String>,
+    /// In a cluster, the node that holds the connection (a name from
+    /// `GET /v1/nodes`); absent means this node. Another node is asked
+    /// through Redis and acts when the request reaches it.
+    #[param(max_length = 255)]
+    node: Option<String>,
 }
 
 /// A disconnect that was started.
@@ -195,7 +200,8 @@ pub(crate) async fn get_connection(
     responses(
         (status = 202, description = "The close was started", body = DisconnectResult),
         (status = 400, description = "The id is not a number, or the reason is too long", body = ErrorBody),
-        (status = 404, description = "No such connection (`connection_not_found`)", body = ErrorBody),
+        (status = 404, description = "No such connection (`connection_not_found`), or `node` names a node while this broker is not in a cluster (`not_in_cluster`)", body = ErrorBody),
+        (status = 503, description = "The request for another node could not be sent (`storage_failed`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn disconnect(
@@ -213,6 +219,30 @@ pub(crate) async fn disconnect(
         )));
     }
     let code = CloseCode::Kicked;
+    if let Some(node) = params
+        .node
+        .filter(|node| Some(node) != state.broker.node_name().as_ref())
+    {
+        if state.broker.node_name().is_none() {
+            return Err(ApiError::NotFound {
+                code: "not_in_cluster",
+                message: format!("this broker is not in a cluster, so it has no node `{node}`"),
+            });
+        }
+        state
+            .broker
+            .disconnect_on(&node, ConnId(path.id), code, &reason)
+            .await?;
+        tracing::info!(conn = path.id, node = %node, reason = %reason, "asked another node to disconnect a connection");
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(DisconnectResult {
+                id: path.id,
+                close_code: code.code(),
+                reason,
+            }),
+        ));
+    }
     if !state.broker.disconnect(ConnId(path.id), code, &reason) {
         return Err(connection_not_found(path.id));
     }

@@ -204,7 +204,8 @@ impl IntoResponse for ApiError {
 impl From<sockeye_broker::StoreError> for ApiError {
     fn from(error: sockeye_broker::StoreError) -> Self {
         match error {
-            sockeye_broker::StoreError::Failing => ApiError::StoreFailing {
+            sockeye_broker::StoreError::Failing
+            | sockeye_broker::StoreError::Unavailable { .. } => ApiError::StoreFailing {
                 message: error.to_string(),
             },
             other => ApiError::Storage(other),

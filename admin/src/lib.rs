@@ -40,6 +40,7 @@ mod docs;
 pub mod error;
 mod health;
 mod metrics;
+mod nodes;
 mod pagination;
 mod stats;
 mod topics;
@@ -94,6 +95,7 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
             connections::disconnect
         ))
         .routes(routes!(stats::get_stats))
+        .routes(routes!(nodes::list_nodes))
         .routes(routes!(metrics::get_metrics));
     let public = OpenApiRouter::new()
         .routes(routes!(health::healthz))

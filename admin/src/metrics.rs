@@ -304,17 +304,44 @@ impl Collector for BrokerCollector {
             "Time from a WebSocket upgrade request to its 101 response.",
             &stats.handshake_latency.snapshot(),
         )?;
-        histogram(
+        if store.engine == "redis" {
+            histogram(
+                e,
+                "sockeye_redis_publish_batch_seconds",
+                "Time of each pipelined batch of publish scripts sent to Redis.",
+                &store.flush_latency,
+            )?;
+            histogram(
+                e,
+                "sockeye_redis_publish_batch_size",
+                "Publishes per batch sent to Redis.",
+                &store.flush_batch,
+            )?;
+            counter(
+                e,
+                "sockeye_redis_pubsub_reconnects",
+                "Times the PUB/SUB connection to Redis came back after being lost.",
+                store.reopens,
+            )?;
+        } else {
+            histogram(
+                e,
+                "sockeye_store_flush_duration_seconds",
+                "Time of each history store flush (sled flush plus fdatasync).",
+                &store.flush_latency,
+            )?;
+            histogram(
+                e,
+                "sockeye_store_flush_batch_writes",
+                "Appends made durable by each flush: how many publishes share one fsync.",
+                &store.flush_batch,
+            )?;
+        }
+        counter(
             e,
-            "sockeye_store_flush_duration_seconds",
-            "Time of each history store flush (sled flush plus fdatasync).",
-            &store.flush_latency,
-        )?;
-        histogram(
-            e,
-            "sockeye_store_flush_batch_writes",
-            "Appends made durable by each flush: how many publishes share one fsync.",
-            &store.flush_batch,
+            "sockeye_repairs",
+            "Topics whose live subscribers were moved to a replay because this node missed deliveries.",
+            Stats::get(&stats.repairs),
         )?;
         histogram(
             e,

@@ -136,6 +136,8 @@ pub(crate) struct StoredTopicInfo {
 /// The history store's health and figures, for the admin API.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreHealth {
+    /// `sled` or `redis`.
+    pub engine: &'static str,
     /// True while the store fails and refuses writes to stored topics.
     pub failing: bool,
     /// What the current failure is, while failing.
@@ -146,15 +148,17 @@ pub struct StoreHealth {
     pub stored_topics: u64,
     /// Flushes that failed since start.
     pub flush_failures: u64,
-    /// Times the store was reopened to recover from a failure.
+    /// Times the store was reopened to recover from a failure (sled), or the
+    /// PUB/SUB connection came back (redis).
     pub reopens: u64,
     /// Stored topics that lost acknowledged messages and got a new epoch.
     pub damaged_topics: u64,
     /// Writes acknowledged so far (the durable mark in `fsync` mode).
     pub acknowledged_writes: u64,
-    /// Duration of each flush.
+    /// Duration of each flush (sled), or of each pipelined batch of publish
+    /// scripts (redis).
     pub flush_latency: HistogramSnapshot,
-    /// Writes covered by each flush.
+    /// Writes covered by each flush, or publishes per batch.
     pub flush_batch: HistogramSnapshot,
 }
 
@@ -397,6 +401,7 @@ impl Engine {
             Engine::Redis(engine) => engine.health(),
             #[cfg(test)]
             Engine::Memory(_) => StoreHealth {
+                engine: "memory",
                 failing: false,
                 failure: None,
                 size_on_disk: 0,

@@ -894,6 +894,7 @@ impl RedisEngine {
 
     pub(crate) fn health(&self) -> StoreHealth {
         StoreHealth {
+            engine: "redis",
             failing: self.is_failing(),
             failure: self
                 .failure

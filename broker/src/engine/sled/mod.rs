@@ -706,6 +706,7 @@ impl SledEngine {
     pub(crate) fn health(&self) -> StoreHealth {
         let store = &self.store;
         StoreHealth {
+            engine: "sled",
             failing: store.is_failing(),
             failure: store.failure(),
             size_on_disk: store.size_on_disk(),
