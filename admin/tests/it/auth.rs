@@ -5,11 +5,12 @@ use reqwest::{Method, StatusCode};
 use sockeye_broker::auth::unix_now;
 use sockeye_broker::{Authenticator, Claims};
 
-use crate::support::{API_KEY, TestServer, assert_error, send};
+use sockeye_testkit::TestBroker;
+use sockeye_testkit::http::{API_KEY, assert_error, send};
 
 #[tokio::test]
 async fn missing_credentials_get_401_with_a_bearer_challenge() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let response = server
         .anonymous(Method::GET, "/v1/topics")
         .send()
@@ -33,7 +34,7 @@ async fn missing_credentials_get_401_with_a_bearer_challenge() {
 
 #[tokio::test]
 async fn other_schemes_and_empty_credentials_are_missing_credentials() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     for value in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer   ", API_KEY] {
         let (status, body) = send(
             server
@@ -47,7 +48,7 @@ async fn other_schemes_and_empty_credentials_are_missing_credentials() {
 
 #[tokio::test]
 async fn a_wrong_api_key_or_garbage_is_a_malformed_token() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     for credential in ["not-the-key", "test-api-key-012345678", "a.b.c"] {
         let (status, body) = send(
             server
@@ -61,7 +62,7 @@ async fn a_wrong_api_key_or_garbage_is_a_malformed_token() {
 
 #[tokio::test]
 async fn a_token_signed_with_another_key_is_refused() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let mut other = server.broker.config().auth.clone();
     other.secret = Some("some-other-secret-that-is-long-enough-too".into());
     let foreign = Authenticator::from_config(&other, std::path::Path::new("."), 255)
@@ -89,7 +90,7 @@ async fn a_token_signed_with_another_key_is_refused() {
 
 #[tokio::test]
 async fn an_expired_admin_token_is_refused() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let expired = server
         .broker
         .authenticator()
@@ -111,11 +112,11 @@ async fn an_expired_admin_token_is_refused() {
 
 #[tokio::test]
 async fn a_valid_token_without_the_admin_claim_gets_403() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let (status, body) = send(
         server
             .anonymous(Method::GET, "/v1/topics")
-            .bearer_auth(server.token("alice", false)),
+            .bearer_auth(server.token("alice")),
     )
     .await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "not_admin");
@@ -123,11 +124,11 @@ async fn a_valid_token_without_the_admin_claim_gets_403() {
 
 #[tokio::test]
 async fn admin_tokens_and_api_keys_are_accepted() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let (status, _) = send(
         server
             .anonymous(Method::GET, "/v1/topics")
-            .bearer_auth(server.token("ops", true)),
+            .bearer_auth(server.admin_token("ops")),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -142,13 +143,13 @@ async fn admin_tokens_and_api_keys_are_accepted() {
 
 #[tokio::test]
 async fn without_configured_keys_only_admin_tokens_pass() {
-    let server = TestServer::start_with(|config| config.admin.api_keys.clear()).await;
+    let server = TestBroker::start_admin_with(|config| config.admin.api_keys.clear()).await;
     let (status, body) = send(server.request(Method::GET, "/v1/topics")).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "token_malformed");
     let (status, _) = send(
         server
             .anonymous(Method::GET, "/v1/topics")
-            .bearer_auth(server.token("ops", true)),
+            .bearer_auth(server.admin_token("ops")),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -156,12 +157,12 @@ async fn without_configured_keys_only_admin_tokens_pass() {
 
 #[tokio::test]
 async fn refused_admin_requests_are_counted_by_reason() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     send(server.anonymous(Method::GET, "/v1/stats")).await;
     send(
         server
             .anonymous(Method::GET, "/v1/stats")
-            .bearer_auth(server.token("alice", false)),
+            .bearer_auth(server.token("alice")),
     )
     .await;
     let text = server
@@ -189,7 +190,7 @@ async fn refused_admin_requests_are_counted_by_reason() {
 
 #[tokio::test]
 async fn admin_tokens_with_far_future_expiries_are_accepted_without_a_panic() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     // The test server's secret signs any claims we like.
     let key =
         jsonwebtoken::EncodingKey::from_secret(b"a-test-secret-that-is-long-enough-for-hs256");

@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::support::{TestServer, WAIT};
+use sockeye_testkit::{TestBroker, WAIT};
 
 fn chromium() -> PathBuf {
     let candidates = [
@@ -67,7 +67,7 @@ async fn rendered_dom(url: &str) -> String {
 
 #[tokio::test]
 async fn the_swagger_ui_renders_every_route_offline() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let response = server.anonymous(Method::GET, "/docs").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let page = server
@@ -82,7 +82,7 @@ async fn the_swagger_ui_renders_every_route_offline() {
         "{html}"
     );
 
-    let dom = rendered_dom(&server.url("/docs/")).await;
+    let dom = rendered_dom(&server.admin_url("/docs/")).await;
     assert!(
         dom.contains("Sockeye admin API"),
         "the title is rendered:\n{dom}"

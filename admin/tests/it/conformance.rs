@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{API_KEY, TestServer};
+use sockeye_testkit::TestBroker;
+use sockeye_testkit::http::API_KEY;
 
 /// Examples per operation and phase: enough to find what it found before
 /// (see `openapi.rs`), small enough for CI (about ten seconds here).
@@ -24,10 +25,14 @@ const RUN_LIMIT: Duration = Duration::from_secs(600);
 
 #[tokio::test]
 async fn schemathesis_finds_no_disagreement_between_the_document_and_the_api() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     // Something to find: a stored topic with history, and a connection.
-    server.publish("conformance.topic", json!({"n": 1})).await;
-    let _client = server.ws_client("conformance", "test-agent").await;
+    server
+        .publish_over_http("conformance.topic", json!({"n": 1}))
+        .await;
+    let _client = server
+        .client_with_user_agent("conformance", "test-agent")
+        .await;
 
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis.toml");
     // Its caches (.hypothesis, .schemathesis) go to a directory of its own.
@@ -40,7 +45,7 @@ async fn schemathesis_finds_no_disagreement_between_the_document_and_the_api() {
             "--config-file",
         ])
         .arg(&config)
-        .args(["run", &server.url("/openapi.json")])
+        .args(["run", &server.admin_url("/openapi.json")])
         .args(["--header", &format!("Authorization: Bearer {API_KEY}")])
         .args([
             "--max-examples",

@@ -5,7 +5,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sockeye_protocol::Payload;
 
-use crate::support::{TestServer, assert_error, eventually, send};
+use sockeye_testkit::http::{assert_error, send};
+use sockeye_testkit::{TestBroker, eventually};
 
 fn ids(page: &Value) -> Vec<u64> {
     page["items"]
@@ -18,20 +19,22 @@ fn ids(page: &Value) -> Vec<u64> {
 
 #[tokio::test]
 async fn connections_show_who_is_connected_and_what_they_do() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let (_, empty) = server.get("/v1/connections").await;
     assert_eq!(empty, json!({"items": [], "next": null}));
 
-    let mut alice = server.ws_client("alice", "alice-agent/1.0").await;
-    alice.subscribe("news.>").await;
-    alice.subscribe("orders.eu").await;
-    server.publish("orders.eu", json!("hi")).await;
+    let mut alice = server
+        .client_with_user_agent("alice", "alice-agent/1.0")
+        .await;
+    alice.subscribe("news.>", None).await;
+    alice.subscribe("orders.eu", None).await;
+    server.publish_over_http("orders.eu", json!("hi")).await;
     alice.delivery().await;
     alice.publish("elsewhere", Payload::binary(b"x")).await;
 
     let (status, page) = server.get("/v1/connections").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(ids(&page), [alice.connection_id]);
+    assert_eq!(ids(&page), [alice.welcome.connection_id]);
     let connection = &page["items"][0];
     assert_eq!(connection["sub"], "alice");
     assert_eq!(connection["user_agent"], "alice-agent/1.0");
@@ -58,21 +61,28 @@ async fn connections_show_who_is_connected_and_what_they_do() {
     assert!(connection["queue_depth"].is_u64());
 
     let (status, one) = server
-        .get(&format!("/v1/connections/{}", alice.connection_id))
+        .get(&format!("/v1/connections/{}", alice.welcome.connection_id))
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(one["id"], alice.connection_id);
+    assert_eq!(one["id"], alice.welcome.connection_id);
     assert_eq!(one["sub"], "alice");
 }
 
 #[tokio::test]
 async fn connections_are_paginated_by_id() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let mut clients = Vec::new();
     for n in 0..3 {
-        clients.push(server.ws_client(&format!("client-{n}"), "test-agent").await);
+        clients.push(
+            server
+                .client_with_user_agent(&format!("client-{n}"), "test-agent")
+                .await,
+        );
     }
-    let all: Vec<u64> = clients.iter().map(|client| client.connection_id).collect();
+    let all: Vec<u64> = clients
+        .iter()
+        .map(|client| client.welcome.connection_id)
+        .collect();
     let (_, first) = server.get("/v1/connections?limit=2").await;
     assert_eq!(ids(&first), all[..2]);
     assert_eq!(first["next"], all[1]);
@@ -92,7 +102,7 @@ async fn connections_are_paginated_by_id() {
 
 #[tokio::test]
 async fn unknown_or_malformed_connection_ids_get_404_and_400() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let (status, body) = server.get("/v1/connections/424242").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "connection_not_found");
     let (status, body) = send(server.request(Method::DELETE, "/v1/connections/424242")).await;
@@ -111,11 +121,13 @@ async fn unknown_or_malformed_connection_ids_get_404_and_400() {
 
 #[tokio::test]
 async fn disconnecting_closes_the_websocket_with_4001() {
-    let server = TestServer::start().await;
-    let mut victim = server.ws_client("victim", "test-agent").await;
-    let mut bystander = server.ws_client("bystander", "test-agent").await;
-    bystander.subscribe("still.here").await;
-    let id = victim.connection_id;
+    let server = TestBroker::start_admin().await;
+    let mut victim = server.client_with_user_agent("victim", "test-agent").await;
+    let mut bystander = server
+        .client_with_user_agent("bystander", "test-agent")
+        .await;
+    bystander.subscribe("still.here", None).await;
+    let id = victim.welcome.connection_id;
 
     let (status, result) = send(
         server
@@ -136,17 +148,17 @@ async fn disconnecting_closes_the_websocket_with_4001() {
     })
     .await;
     let (_, page) = server.get("/v1/connections").await;
-    assert_eq!(ids(&page), [bystander.connection_id]);
+    assert_eq!(ids(&page), [bystander.welcome.connection_id]);
     // The other client is untouched.
-    server.publish("still.here", json!(1)).await;
+    server.publish_over_http("still.here", json!(1)).await;
     assert_eq!(bystander.delivery().await.topic, "still.here");
 }
 
 #[tokio::test]
 async fn disconnect_has_a_default_reason_and_bounds_it() {
-    let server = TestServer::start().await;
-    let mut client = server.ws_client("client", "test-agent").await;
-    let id = client.connection_id;
+    let server = TestBroker::start_admin().await;
+    let mut client = server.client_with_user_agent("client", "test-agent").await;
+    let id = client.welcome.connection_id;
     let long = "r".repeat(sockeye_admin::MAX_CLOSE_REASON_BYTES + 1);
     let (status, body) = send(
         server
@@ -169,14 +181,14 @@ async fn disconnect_has_a_default_reason_and_bounds_it() {
 async fn a_session_that_panics_releases_its_connection_slot() {
     // One connection in all, and one per address: a leaked slot would refuse
     // the next client.
-    let server = TestServer::start_with(|config| {
+    let server = TestBroker::start_admin_with(|config| {
         config.server.max_connections = 1;
         config.server.max_connections_per_ip = 1;
     })
     .await;
-    let mut doomed = server.ws_client("doomed", "test-agent").await;
-    doomed.subscribe("doomed.topic").await;
-    let id = doomed.connection_id;
+    let mut doomed = server.client_with_user_agent("doomed", "test-agent").await;
+    doomed.subscribe("doomed.topic", None).await;
+    let id = doomed.welcome.connection_id;
     let (_, stats) = server.get("/v1/stats").await;
     assert_eq!(
         (&stats["connections"], &stats["subscriptions"]),
@@ -219,9 +231,11 @@ async fn a_session_that_panics_releases_its_connection_slot() {
         "{metrics}"
     );
     // The same address gets in again, under both caps.
-    let mut again = server.ws_client("again", "test-agent").await;
-    again.subscribe("doomed.topic").await;
-    server.publish("doomed.topic", json!("still served")).await;
+    let mut again = server.client_with_user_agent("again", "test-agent").await;
+    again.subscribe("doomed.topic", None).await;
+    server
+        .publish_over_http("doomed.topic", json!("still served"))
+        .await;
     assert_eq!(again.delivery().await.topic, "doomed.topic");
 }
 
@@ -230,18 +244,16 @@ async fn the_welcome_carries_the_admin_apis_connection_id_as_an_integer() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    let server = TestServer::start().await;
-    let mut request = format!("ws://{}/ws", server.ws_addr)
+    let server = TestBroker::start_admin().await;
+    let mut request = format!("ws://{}/ws", server.addr)
         .into_client_request()
         .unwrap();
     request.headers_mut().insert(
         "authorization",
-        format!("Bearer {}", server.token("raw", false))
-            .parse()
-            .unwrap(),
+        format!("Bearer {}", server.token("raw")).parse().unwrap(),
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let frame = tokio::time::timeout(crate::support::WAIT, ws.next())
+    let frame = tokio::time::timeout(sockeye_testkit::WAIT, ws.next())
         .await
         .unwrap()
         .unwrap()

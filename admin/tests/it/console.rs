@@ -27,7 +27,8 @@ use sockeye_protocol::Payload;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::support::{TestServer, WAIT, send};
+use sockeye_testkit::http::send;
+use sockeye_testkit::{TestBroker, WAIT};
 
 fn driver_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/console")
@@ -219,7 +220,7 @@ impl Console {
 }
 
 /// What the API answers for `path` with `credential`: (status, code, message).
-async fn api_error(server: &TestServer, path: &str, credential: &str) -> (u16, String, String) {
+async fn api_error(server: &TestBroker, path: &str, credential: &str) -> (u16, String, String) {
     let (status, body) = send(server.anonymous(Method::GET, path).bearer_auth(credential)).await;
     assert!(!status.is_success(), "{path}: {status} {body}");
     (
@@ -236,22 +237,22 @@ async fn sign_in(console: &mut Console, credential: &str) {
 
 #[tokio::test]
 async fn a_refused_credential_shows_the_api_error() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let dir = artifacts("refused");
-    let mut console = Console::open(&server.url("/console"), &dir).await;
+    let mut console = Console::open(&server.admin_url("/console"), &dir).await;
     // `/console` redirects to the page.
     let location = console.run(json!({"do": "storage"})).await["url"].clone();
-    assert_eq!(location, json!(server.url("/console/")));
+    assert_eq!(location, json!(server.admin_url("/console/")));
     console.wait("#signin-form").await;
 
     for (credential, status) in [
         ("not-a-token-and-not-a-key".to_owned(), 401),
         ("a.b.c".to_owned(), 401),
-        (server.token("not-an-admin", false), 403),
+        (server.token("not-an-admin"), 403),
     ] {
         // A fresh page for each, so no earlier refusal is read.
         console
-            .run(json!({"do": "goto", "url": server.url("/console/")}))
+            .run(json!({"do": "goto", "url": server.admin_url("/console/")}))
             .await;
         console.wait("#signin[data-state=ready]").await;
         sign_in(&mut console, &credential).await;
@@ -279,14 +280,14 @@ async fn a_refused_credential_shows_the_api_error() {
 /// Publishes `{"order": n}` with acks from one WebSocket client until
 /// `stop`, at most `max` messages; returns how many it published.
 async fn publish_in_background(
-    server: &TestServer,
+    server: &TestBroker,
     topic: &'static str,
     max: u64,
     pause: Duration,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<u64> {
     let mut client = server
-        .ws_client("load-publisher", "console-test-load/1.0")
+        .client_with_user_agent("load-publisher", "console-test-load/1.0")
         .await;
     tokio::spawn(async move {
         let mut sent = 0;
@@ -313,7 +314,7 @@ fn number(figure: &Value) -> f64 {
 }
 
 /// Publishes one MessagePack value, given as bytes, over HTTP.
-async fn publish_msgpack(server: &TestServer, topic: &str, bytes: &[u8]) {
+async fn publish_msgpack(server: &TestBroker, topic: &str, bytes: &[u8]) {
     let (status, body) = send(
         server
             .request(Method::POST, &format!("/v1/topics/{topic}/messages"))
@@ -325,16 +326,20 @@ async fn publish_msgpack(server: &TestServer, topic: &str, bytes: &[u8]) {
 
 #[tokio::test]
 async fn the_console_watches_and_acts_on_the_broker() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let dir = artifacts("walkthrough");
     eprintln!("console screenshots: {}", dir.display());
     for n in 1..=120 {
-        server.publish("orders.eu", json!({"order": n})).await;
+        server
+            .publish_over_http("orders.eu", json!({"order": n}))
+            .await;
     }
-    server.publish("orders.us", json!({"order": 1})).await;
+    server
+        .publish_over_http("orders.us", json!({"order": 1}))
+        .await;
     for truck in 0..25 {
         server
-            .publish(&format!("fleet.truck-{truck:02}"), json!({"km": truck}))
+            .publish_over_http(&format!("fleet.truck-{truck:02}"), json!({"km": truck}))
             .await;
     }
     // Values JSON cannot hold exactly, and bytes.
@@ -378,8 +383,8 @@ async fn the_console_watches_and_acts_on_the_broker() {
         publish_msgpack(&server, "payloads.mixed", bytes).await;
     }
 
-    let token = server.token("ops", true);
-    let mut console = Console::open(&server.url("/console/"), &dir).await;
+    let token = server.admin_token("ops");
+    let mut console = Console::open(&server.admin_url("/console/"), &dir).await;
 
     // Sign in; the credential lives in session storage only.
     sign_in(&mut console, &token).await;
@@ -405,9 +410,9 @@ async fn the_console_watches_and_acts_on_the_broker() {
     // Subscribed after the docs' load: a client that reads nothing for a
     // minute is closed by the heartbeat.
     let mut subscriber = server
-        .ws_client("load-subscriber", "console-test-load/1.0")
+        .client_with_user_agent("load-subscriber", "console-test-load/1.0")
         .await;
-    subscriber.subscribe("orders.eu").await;
+    subscriber.subscribe("orders.eu", None).await;
     let before = console.figures("#figures").await;
     let published_before = number(&before["messages_in_total"]);
     let stop = Arc::new(AtomicBool::new(false));
@@ -578,9 +583,9 @@ async fn the_console_watches_and_acts_on_the_broker() {
 
     // Publish from the form; a WebSocket subscriber gets it.
     let mut watcher = server
-        .ws_client("watcher", "console-test-watcher/1.0")
+        .client_with_user_agent("watcher", "console-test-watcher/1.0")
         .await;
-    watcher.subscribe("orders.eu").await;
+    watcher.subscribe("orders.eu", None).await;
     console
         .fill(
             "#publish-payload",
@@ -695,10 +700,12 @@ async fn the_console_watches_and_acts_on_the_broker() {
         .await;
 
     // Connections: find one and disconnect it; its client gets 4001.
-    let mut doomed = server.ws_client("kick-me", "console-test/1.0").await;
+    let mut doomed = server
+        .client_with_user_agent("kick-me", "console-test/1.0")
+        .await;
     console.click("nav a[data-view=connections]").await;
     console.wait("#connections[data-state=ready]").await;
-    let id = doomed.connection_id.to_string();
+    let id = doomed.welcome.connection_id.to_string();
     let rows = console
         .rows_until("#connections-table", "the connection to kick", |rows| {
             rows.iter().any(|row| row["sub"] == "kick-me")
@@ -745,7 +752,7 @@ async fn the_console_watches_and_acts_on_the_broker() {
 
     // An API error in a view is the API's own.
     console
-        .run(json!({"do": "goto", "url": server.url("/console/#/topics/no.such.topic")}))
+        .run(json!({"do": "goto", "url": server.admin_url("/console/#/topics/no.such.topic")}))
         .await;
     let (status, code, message) = console.error("#error").await;
     let (api_status, api_code, api_message) =
@@ -789,7 +796,7 @@ async fn the_console_watches_and_acts_on_the_broker() {
     for url in report["requests"].as_array().unwrap() {
         let url = url.as_str().unwrap();
         assert!(!url.contains(&token), "the credential is in a URL: {url}");
-        assert!(url.starts_with(&server.url("/")), "{url}");
+        assert!(url.starts_with(&server.admin_url("/")), "{url}");
     }
     drop(subscriber);
 }
@@ -797,7 +804,7 @@ async fn the_console_watches_and_acts_on_the_broker() {
 /// Two and a half minutes of load that varies, so the overview in the docs
 /// shows rates moving: a few publishers at rates that rise and fall,
 /// subscribers on their topics, connections coming and going.
-async fn docs_load(server: &TestServer) {
+async fn docs_load(server: &TestBroker) {
     const SECONDS: u64 = 150;
     let mut subscribers = Vec::new();
     for (n, topic) in ["shop.orders", "shop.payments", "sensors.temperature"]
@@ -806,9 +813,9 @@ async fn docs_load(server: &TestServer) {
     {
         for k in 0..=n {
             let mut client = server
-                .ws_client(&format!("dashboard-{n}-{k}"), "console-docs/1.0")
+                .client_with_user_agent(&format!("dashboard-{n}-{k}"), "console-docs/1.0")
                 .await;
-            client.subscribe(topic).await;
+            client.subscribe(topic, None).await;
             subscribers.push(tokio::spawn(async move {
                 // Keep reading so the subscriber never becomes slow.
                 loop {
@@ -825,7 +832,7 @@ async fn docs_load(server: &TestServer) {
         .enumerate()
     {
         let mut client = server
-            .ws_client(&format!("service-{n}"), "console-docs/1.0")
+            .client_with_user_agent(&format!("service-{n}"), "console-docs/1.0")
             .await;
         let published = Arc::clone(&published);
         publishers.push(tokio::spawn(async move {
@@ -849,7 +856,11 @@ async fn docs_load(server: &TestServer) {
         let second = start.elapsed().as_secs();
         if second % 10 < 5 {
             if visitors.len() < 8 {
-                visitors.push(server.ws_client("visitor", "console-docs/1.0").await);
+                visitors.push(
+                    server
+                        .client_with_user_agent("visitor", "console-docs/1.0")
+                        .await,
+                );
             }
         } else {
             visitors.pop();

@@ -9,6 +9,5 @@ mod connections;
 mod console;
 mod openapi;
 mod stats;
-mod support;
 mod tls;
 mod topics;

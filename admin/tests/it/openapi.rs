@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, send};
+use sockeye_testkit::TestBroker;
+use sockeye_testkit::http::send;
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
@@ -36,7 +37,7 @@ fn operations(document: &Value) -> Vec<(String, String)> {
     operations
 }
 
-async fn served_document(server: &TestServer) -> (String, Value) {
+async fn served_document(server: &TestBroker) -> (String, Value) {
     let response = server
         .anonymous(Method::GET, "/openapi.json")
         .send()
@@ -51,7 +52,7 @@ async fn served_document(server: &TestServer) -> (String, Value) {
 
 #[tokio::test]
 async fn the_committed_document_is_the_served_one() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let (text, _) = served_document(&server).await;
     let path = repo_file("docs/openapi.json");
     if std::env::var_os("SOCKEYE_UPDATE_OPENAPI").is_some() {
@@ -68,7 +69,7 @@ async fn the_committed_document_is_the_served_one() {
 
 #[tokio::test]
 async fn the_document_is_openapi_3_1_with_a_bearer_scheme() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let (_, document) = served_document(&server).await;
     assert_eq!(document["openapi"], "3.1.0");
     assert_eq!(document["info"]["title"], "Sockeye admin API");
@@ -105,7 +106,7 @@ fn concrete(template: &str, connection: u64) -> String {
         .replace("{asset}", "console.js")
 }
 
-fn request_for(server: &TestServer, method: &str, path: &str) -> reqwest::RequestBuilder {
+fn request_for(server: &TestBroker, method: &str, path: &str) -> reqwest::RequestBuilder {
     let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
     let request = server.anonymous(method.clone(), path);
     if method == Method::POST {
@@ -117,16 +118,18 @@ fn request_for(server: &TestServer, method: &str, path: &str) -> reqwest::Reques
 
 #[tokio::test]
 async fn every_documented_operation_answers_with_a_documented_status() {
-    let server = TestServer::start().await;
-    server.publish("docs.topic", json!(1)).await;
-    let client = server.ws_client("docs-client", "test-agent").await;
+    let server = TestBroker::start_admin().await;
+    server.publish_over_http("docs.topic", json!(1)).await;
+    let client = server
+        .client_with_user_agent("docs-client", "test-agent")
+        .await;
     let (_, document) = served_document(&server).await;
     let mut operations = operations(&document);
     // Deletions last, so they do not remove what the others read.
     operations.sort_by_key(|(method, _)| method == "delete");
     assert!(operations.len() >= 14, "{operations:?}");
     for (method, template) in &operations {
-        let path = concrete(template, client.connection_id);
+        let path = concrete(template, client.welcome.connection_id);
         let documented = &document["paths"][template][method]["responses"];
         let protected = document["paths"][template][method]
             .get("security")
@@ -139,14 +142,14 @@ async fn every_documented_operation_answers_with_a_documented_status() {
                 "{method} {path}"
             );
             let response = request_for(&server, method, &path)
-                .bearer_auth(server.token("not-admin", false))
+                .bearer_auth(server.token("not-admin"))
                 .send()
                 .await
                 .unwrap();
             assert_eq!(response.status(), StatusCode::FORBIDDEN, "{method} {path}");
         }
         let response = request_for(&server, method, &path)
-            .bearer_auth(crate::support::API_KEY)
+            .bearer_auth(sockeye_testkit::http::API_KEY)
             .send()
             .await
             .unwrap();
@@ -164,7 +167,7 @@ async fn every_documented_operation_answers_with_a_documented_status() {
 
 #[tokio::test]
 async fn nothing_undocumented_is_served() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let (_, document) = served_document(&server).await;
     let operations: BTreeSet<(String, String)> = operations(&document).into_iter().collect();
     let templates: BTreeSet<&String> = operations.iter().map(|(_, path)| path).collect();
@@ -371,8 +374,8 @@ fn documented_limits_are_the_enforced_ones() {
 async fn cursors_past_the_documented_maximum_get_400() {
     use sockeye_admin::MAX_CURSOR;
 
-    let server = TestServer::start().await;
-    server.publish("docs.topic", json!(1)).await;
+    let server = TestBroker::start_admin().await;
+    server.publish_over_http("docs.topic", json!(1)).await;
     let (_, document) = served_document(&server).await;
     assert_eq!(MAX_CURSOR, (1 << 53) - 1);
     for template in ["/v1/connections", "/v1/topics/{topic}/history"] {
@@ -382,7 +385,12 @@ async fn cursors_past_the_documented_maximum_get_400() {
         let path = concrete(template, 0);
         for after in [MAX_CURSOR + 1, 1 << 63, u64::MAX] {
             let (status, body) = server.get(&format!("{path}?after={after}")).await;
-            crate::support::assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_parameter");
+            sockeye_testkit::http::assert_error(
+                status,
+                &body,
+                StatusCode::BAD_REQUEST,
+                "bad_parameter",
+            );
         }
         let (status, body) = server.get(&format!("{path}?after={MAX_CURSOR}")).await;
         assert_eq!(status, StatusCode::OK, "{template}: {body}");
@@ -394,7 +402,7 @@ async fn cursors_past_the_documented_maximum_get_400() {
 /// configured length, so the names it allows are exactly the served ones.
 #[tokio::test]
 async fn every_topic_name_the_schema_allows_is_served_and_no_other() {
-    let server = TestServer::start_with(|config| config.limits.max_topic_length = 40).await;
+    let server = TestBroker::start_admin_with(|config| config.limits.max_topic_length = 40).await;
     let (_, document) = served_document(&server).await;
     for (method, template) in [
         ("get", "/v1/topics/{topic}"),
@@ -422,13 +430,23 @@ async fn every_topic_name_the_schema_allows_is_served_and_no_other() {
         "a", "A-z_0:9", "a.b.c", "0", "__main__", ":", "-.-", &longest,
     ] {
         let (status, body) = server.get(&format!("/v1/topics/{name}")).await;
-        crate::support::assert_error(status, &body, StatusCode::NOT_FOUND, "topic_not_found");
+        sockeye_testkit::http::assert_error(
+            status,
+            &body,
+            StatusCode::NOT_FOUND,
+            "topic_not_found",
+        );
     }
     let too_long = "x".repeat(41);
     for name in [
         "a..b", ".a", "a.", "*", ">", "a.*", "%C3%A9", "%20", &too_long,
     ] {
         let (status, body) = server.get(&format!("/v1/topics/{name}")).await;
-        crate::support::assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_topic");
+        sockeye_testkit::http::assert_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "invalid_topic",
+        );
     }
 }

@@ -3,21 +3,22 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{TestServer, assert_error, send};
+use sockeye_testkit::TestBroker;
+use sockeye_testkit::http::{assert_error, send};
 
 /// Makes some traffic: one subscriber, three HTTP publishes it receives,
 /// one WebSocket handshake refused for a malformed token and one for its
 /// `Origin`.
-async fn traffic(server: &TestServer) -> crate::support::WsClient {
-    let mut subscriber = server.ws_client("sub-1", "test-agent").await;
-    subscriber.subscribe("load.test").await;
+async fn traffic(server: &TestBroker) -> sockeye_testkit::Client {
+    let mut subscriber = server.client_with_user_agent("sub-1", "test-agent").await;
+    subscriber.subscribe("load.test", None).await;
     for n in 0..3 {
-        server.publish("load.test", json!({"n": n})).await;
+        server.publish_over_http("load.test", json!({"n": n})).await;
         subscriber.delivery().await;
     }
     let refused = server
         .http
-        .get(format!("http://{}/ws", server.ws_addr))
+        .get(format!("http://{}/ws", server.addr))
         .bearer_auth("not-a-jwt")
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
@@ -29,8 +30,8 @@ async fn traffic(server: &TestServer) -> crate::support::WsClient {
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     let foreign = server
         .http
-        .get(format!("http://{}/ws", server.ws_addr))
-        .bearer_auth(server.token("browser", false))
+        .get(format!("http://{}/ws", server.addr))
+        .bearer_auth(server.token("browser"))
         .header("origin", "https://elsewhere.example")
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
@@ -45,7 +46,7 @@ async fn traffic(server: &TestServer) -> crate::support::WsClient {
 
 #[tokio::test]
 async fn stats_count_what_happened() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let _subscriber = traffic(&server).await;
     let (status, stats) = server.get("/v1/stats").await;
     assert_eq!(status, StatusCode::OK, "{stats}");
@@ -92,7 +93,7 @@ async fn stats_count_what_happened() {
 
 #[tokio::test]
 async fn metrics_are_prometheus_text_named_by_convention() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let _subscriber = traffic(&server).await;
     let response = server
         .request(Method::GET, "/metrics")
@@ -166,14 +167,14 @@ async fn metrics_are_prometheus_text_named_by_convention() {
 
 #[tokio::test]
 async fn metrics_need_credentials() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let (status, body) = send(server.anonymous(Method::GET, "/metrics")).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "token_missing");
 }
 
 #[tokio::test]
 async fn probes_answer_without_credentials_and_readiness_follows_shutdown() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let (status, body) = send(server.anonymous(Method::GET, "/healthz")).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
     let (status, body) = send(server.anonymous(Method::GET, "/readyz")).await;
@@ -225,7 +226,7 @@ fn counters_named_in_the_security_guide() -> Vec<String> {
 
 #[tokio::test]
 async fn every_counter_the_security_guide_names_is_a_stats_field() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let (status, stats) = server.get("/v1/stats").await;
     assert_eq!(status, StatusCode::OK);
     let names = counters_named_in_the_security_guide();

@@ -9,7 +9,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{API_KEY, TestServer};
+use sockeye_testkit::TestBroker;
+use sockeye_testkit::http::API_KEY;
 
 /// Writes a fresh self-signed certificate for `localhost` and returns its DER.
 fn write_certificate(dir: &std::path::Path) -> CertificateDer<'static> {
@@ -20,7 +21,7 @@ fn write_certificate(dir: &std::path::Path) -> CertificateDer<'static> {
 }
 
 /// GET `path` over HTTPS trusting only `trusted`; returns the raw response.
-async fn https_get(server: &TestServer, trusted: &CertificateDer<'static>, path: &str) -> String {
+async fn https_get(server: &TestBroker, trusted: &CertificateDer<'static>, path: &str) -> String {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trusted.clone()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -31,7 +32,7 @@ async fn https_get(server: &TestServer, trusted: &CertificateDer<'static>, path:
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(server.admin_addr).await.unwrap();
+    let tcp = TcpStream::connect(server.admin_addr()).await.unwrap();
     let mut tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -60,7 +61,7 @@ async fn with_tls_admin_the_api_speaks_https_only() {
     let certs = tempfile::tempdir().unwrap();
     let trusted = write_certificate(certs.path());
     let dir = certs.path().to_path_buf();
-    let server = TestServer::start_with(|config| {
+    let server = TestBroker::start_admin_with(|config| {
         config.tls.cert_file = Some(dir.join("cert.pem"));
         config.tls.key_file = Some(dir.join("key.pem"));
         config.tls.admin = true;
@@ -72,7 +73,7 @@ async fn with_tls_admin_the_api_speaks_https_only() {
     let stats = https_get(&server, &trusted, "/v1/stats").await;
     assert!(stats.starts_with("HTTP/1.1 200"), "{stats}");
     assert!(stats.contains("\"uptime_seconds\""), "{stats}");
-    let plain = server.http.get(server.url("/healthz")).send().await;
+    let plain = server.http.get(server.admin_url("/healthz")).send().await;
     assert!(plain.is_err(), "plain HTTP is refused: {plain:?}");
 }
 
@@ -81,7 +82,7 @@ async fn without_tls_admin_the_api_stays_plain_http() {
     let certs = tempfile::tempdir().unwrap();
     write_certificate(certs.path());
     let dir = certs.path().to_path_buf();
-    let server = TestServer::start_with(|config| {
+    let server = TestBroker::start_admin_with(|config| {
         config.tls.cert_file = Some(dir.join("cert.pem"));
         config.tls.key_file = Some(dir.join("key.pem"));
     })

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use sockeye_broker::config::RetentionRule;
 use sockeye_protocol::{Payload, ServerMessage};
 
-use crate::support::{TestServer, assert_error, send};
+use sockeye_testkit::TestBroker;
+use sockeye_testkit::http::{assert_error, send};
 
 fn names(page: &Value) -> Vec<String> {
     page["items"]
@@ -21,7 +22,7 @@ fn names(page: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn an_empty_broker_lists_no_topics() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     let (status, page) = server.get("/v1/topics").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page, json!({"items": [], "next": null}));
@@ -29,9 +30,9 @@ async fn an_empty_broker_lists_no_topics() {
 
 #[tokio::test]
 async fn topics_are_listed_in_name_order_page_by_page() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     for topic in ["b.two", "a.one", "b.one", "c.one", "b.three"] {
-        server.publish(topic, json!(1)).await;
+        server.publish_over_http(topic, json!(1)).await;
     }
     let (_, first) = server.get("/v1/topics?limit=2").await;
     assert_eq!(names(&first), ["a.one", "b.one"]);
@@ -60,7 +61,7 @@ async fn topics_are_listed_in_name_order_page_by_page() {
 
 #[tokio::test]
 async fn bad_list_parameters_get_400() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     for query in ["limit=0", "limit=1001", "limit=-1", "limit=ten", "limt=10"] {
         let (status, body) = server.get(&format!("/v1/topics?{query}")).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_parameter");
@@ -69,11 +70,11 @@ async fn bad_list_parameters_get_400() {
 
 #[tokio::test]
 async fn one_topic_shows_its_stream_and_subscribers() {
-    let server = TestServer::start().await;
-    let mut subscriber = server.ws_client("sub-1", "test-agent").await;
-    subscriber.subscribe("orders.eu").await;
-    let first = server.publish("orders.eu", json!({"n": 1})).await;
-    server.publish("orders.eu", json!({"n": 2})).await;
+    let server = TestBroker::start_admin().await;
+    let mut subscriber = server.client_with_user_agent("sub-1", "test-agent").await;
+    subscriber.subscribe("orders.eu", None).await;
+    let first = server.publish_over_http("orders.eu", json!({"n": 1})).await;
+    server.publish_over_http("orders.eu", json!({"n": 2})).await;
     let (status, topic) = server.get("/v1/topics/orders.eu").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(topic["name"], "orders.eu");
@@ -91,7 +92,7 @@ async fn one_topic_shows_its_stream_and_subscribers() {
 
 #[tokio::test]
 async fn unknown_and_invalid_topics_get_404_and_400() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     for path in ["/v1/topics/no.such", "/v1/topics/no.such/history"] {
         let (status, body) = server.get(path).await;
         assert_error(status, &body, StatusCode::NOT_FOUND, "topic_not_found");
@@ -113,9 +114,11 @@ async fn unknown_and_invalid_topics_get_404_and_400() {
 
 #[tokio::test]
 async fn history_pages_by_offset() {
-    let server = TestServer::start().await;
+    let server = TestBroker::start_admin().await;
     for n in 1..=5 {
-        server.publish("metrics.cpu", json!({"n": n})).await;
+        server
+            .publish_over_http("metrics.cpu", json!({"n": n}))
+            .await;
     }
     let offsets = |page: &Value| -> Vec<u64> {
         page["items"]
@@ -165,7 +168,7 @@ async fn history_pages_stop_at_the_configured_bytes() {
     // Each record is a 1000-byte payload plus well under 250 bytes of
     // frame, topic, publisher and timestamp: two fit in 2500 bytes, three
     // do not.
-    let server = TestServer::start_with(|config| {
+    let server = TestBroker::start_admin_with(|config| {
         config.admin.max_history_page_bytes = bytesize::ByteSize::b(2500);
     })
     .await;
@@ -203,12 +206,12 @@ async fn history_pages_stop_at_the_configured_bytes() {
 
 #[tokio::test]
 async fn a_history_page_holds_one_message_whatever_its_size() {
-    let server = TestServer::start_with(|config| {
+    let server = TestBroker::start_admin_with(|config| {
         config.admin.max_history_page_bytes = bytesize::ByteSize::b(1);
     })
     .await;
-    server.publish("tiny.page", json!("first")).await;
-    server.publish("tiny.page", json!("second")).await;
+    server.publish_over_http("tiny.page", json!("first")).await;
+    server.publish_over_http("tiny.page", json!("second")).await;
     let (_, first) = server.get("/v1/topics/tiny.page/history").await;
     assert_eq!(first["items"].as_array().unwrap().len(), 1, "{first}");
     assert_eq!(first["items"][0]["payload"], "first");
@@ -220,8 +223,10 @@ async fn a_history_page_holds_one_message_whatever_its_size() {
 
 #[tokio::test]
 async fn history_shows_each_payload_kind_and_exact_bytes_on_request() {
-    let server = TestServer::start().await;
-    server.publish("mixed", json!([1, "two", null])).await;
+    let server = TestBroker::start_admin().await;
+    server
+        .publish_over_http("mixed", json!([1, "two", null]))
+        .await;
     let (status, _) = send(
         server
             .request(Method::POST, "/v1/topics/mixed/messages")
@@ -267,10 +272,10 @@ async fn history_shows_each_payload_kind_and_exact_bytes_on_request() {
 
 #[tokio::test]
 async fn deleting_history_starts_a_new_epoch_and_resets_subscribers() {
-    let server = TestServer::start().await;
-    let mut subscriber = server.ws_client("sub-1", "test-agent").await;
-    subscriber.subscribe("audit.log").await;
-    let published = server.publish("audit.log", json!("before")).await;
+    let server = TestBroker::start_admin().await;
+    let mut subscriber = server.client_with_user_agent("sub-1", "test-agent").await;
+    subscriber.subscribe("audit.log", None).await;
+    let published = server.publish_over_http("audit.log", json!("before")).await;
     let old_epoch = published["epoch"].as_u64().unwrap();
     assert_eq!(subscriber.delivery().await.epoch, old_epoch);
 
@@ -292,7 +297,7 @@ async fn deleting_history_starts_a_new_epoch_and_resets_subscribers() {
     assert_eq!(topic["epoch"], new_epoch);
     assert_eq!(topic["stored_messages"], 0);
 
-    let after = server.publish("audit.log", json!("after")).await;
+    let after = server.publish_over_http("audit.log", json!("after")).await;
     assert_eq!(after["epoch"], new_epoch);
     assert_eq!(after["offset"], 1, "offsets restart in the new epoch");
     let delivery = subscriber.delivery().await;
@@ -301,17 +306,17 @@ async fn deleting_history_starts_a_new_epoch_and_resets_subscribers() {
 
 #[tokio::test]
 async fn http_publish_reaches_websocket_subscribers() {
-    let server = TestServer::start().await;
-    let mut exact = server.ws_client("sub-1", "test-agent").await;
-    exact.subscribe("chat.lobby").await;
-    let mut wildcard = server.ws_client("sub-2", "test-agent").await;
-    wildcard.subscribe("chat.>").await;
+    let server = TestBroker::start_admin().await;
+    let mut exact = server.client_with_user_agent("sub-1", "test-agent").await;
+    exact.subscribe("chat.lobby", None).await;
+    let mut wildcard = server.client_with_user_agent("sub-2", "test-agent").await;
+    wildcard.subscribe("chat.>", None).await;
 
     let payload = json!({"text": "hello", "n": 7, "tags": ["a", "b"], "ok": true});
     let (status, result) = send(
         server
             .anonymous(Method::POST, "/v1/topics/chat.lobby/messages")
-            .bearer_auth(server.token("ops-alice", true))
+            .bearer_auth(server.admin_token("ops-alice"))
             .json(&json!({ "payload": payload })),
     )
     .await;
@@ -354,7 +359,7 @@ async fn http_publish_reaches_websocket_subscribers() {
 
 #[tokio::test]
 async fn live_only_topics_publish_without_offsets_and_have_no_history() {
-    let server = TestServer::start_with(|config| {
+    let server = TestBroker::start_admin_with(|config| {
         config.retention.insert(
             0,
             RetentionRule {
@@ -365,9 +370,9 @@ async fn live_only_topics_publish_without_offsets_and_have_no_history() {
         );
     })
     .await;
-    let mut subscriber = server.ws_client("sub-1", "test-agent").await;
-    subscriber.subscribe("live.ticks").await;
-    let result = server.publish("live.ticks", json!(1)).await;
+    let mut subscriber = server.client_with_user_agent("sub-1", "test-agent").await;
+    subscriber.subscribe("live.ticks", None).await;
+    let result = server.publish_over_http("live.ticks", json!(1)).await;
     assert_eq!(
         result,
         json!({"topic": "live.ticks", "stored": false, "epoch": 0, "offset": 0})
@@ -385,7 +390,7 @@ async fn live_only_topics_publish_without_offsets_and_have_no_history() {
 
 #[tokio::test]
 async fn bad_publish_requests_get_clear_errors() {
-    let server = TestServer::start_with(|config| {
+    let server = TestBroker::start_admin_with(|config| {
         config.limits.max_frame_size = bytesize::ByteSize::kib(1);
         config.limits.max_inflated_size = bytesize::ByteSize::kib(4);
     })

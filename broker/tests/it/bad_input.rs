@@ -7,7 +7,7 @@ use sockeye_protocol::frame::{FLAG_DEFLATE, FrameBuf};
 use sockeye_protocol::{ClientMessage, Compression, ErrorCode, Payload, ServerMessage};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::TestBroker;
+use sockeye_testkit::TestBroker;
 
 fn expect_error(reply: ServerMessage, code: ErrorCode, id: Option<u64>) {
     match reply {
@@ -197,7 +197,7 @@ async fn a_client_that_never_stops_sending_after_1009_is_cut_off() {
     let mut received = Vec::new();
     let mut buffer = vec![0u8; 64 * 1024];
     while !received.windows(4).any(|window| window == b"\r\n\r\n") {
-        let read = tokio::time::timeout(crate::support::WAIT, tcp.read(&mut buffer))
+        let read = tokio::time::timeout(sockeye_testkit::WAIT, tcp.read(&mut buffer))
             .await
             .unwrap()
             .unwrap();
@@ -219,7 +219,7 @@ async fn a_client_that_never_stops_sending_after_1009_is_cut_off() {
     // connection although the client never stops: it drains for a bounded
     // time only.
     let mut after_handshake = Vec::new();
-    let ended = tokio::time::timeout(crate::support::WAIT, async {
+    let ended = tokio::time::timeout(sockeye_testkit::WAIT, async {
         loop {
             match reader.read(&mut buffer).await {
                 Ok(0) | Err(_) => break,

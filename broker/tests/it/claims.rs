@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sockeye_broker::auth::{MAX_EXPIRY_SECS, unix_now};
 use sockeye_protocol::{ClientMessage, ErrorCode, ServerMessage};
 
-use crate::support::{Carrier, Client, TestBroker};
+use sockeye_testkit::{Carrier, Client, TestBroker};
 
 /// The HS256 secret of the brokers in this module, so tests can sign any
 /// JSON they like.
@@ -96,7 +96,7 @@ async fn far_future_expiries_are_accepted_and_saturate_instead_of_wrapping_or_pa
 #[tokio::test]
 async fn a_leeway_longer_than_an_hour_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = crate::support::test_config(dir.path());
+    let mut config = sockeye_testkit::test_config(dir.path());
     config.auth.leeway = std::time::Duration::from_secs(3601);
     let error = sockeye_broker::Broker::open(config).await.unwrap_err();
     assert!(error.to_string().contains("auth.leeway"), "{error}");
@@ -262,7 +262,7 @@ async fn a_secret_file_shorter_than_32_bytes_is_refused_at_start() {
     let secret = dir.path().join("secret");
     // 31 bytes and a newline, which is trimmed.
     std::fs::write(&secret, format!("{}\n", "s".repeat(31))).unwrap();
-    let mut config = crate::support::test_config(dir.path());
+    let mut config = sockeye_testkit::test_config(dir.path());
     config.auth.secret_file = Some(secret.clone());
     let error = sockeye_broker::Broker::open(config.clone())
         .await

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sockeye_broker::config::{Durability, RetentionRule};
 use sockeye_protocol::{ClientMessage, Payload, ServerMessage};
 
-use crate::support::{TestBroker, WAIT};
+use sockeye_testkit::{TestBroker, WAIT};
 
 /// Bytes of the store's files on disk (allocated blocks).
 fn disk_usage(path: &Path) -> u64 {

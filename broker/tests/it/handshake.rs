@@ -3,7 +3,7 @@
 use sockeye_broker::Claims;
 use sockeye_broker::auth::unix_now;
 
-use crate::support::{Carrier, Client, TestBroker};
+use sockeye_testkit::{Carrier, Client, TestBroker};
 
 #[tokio::test]
 async fn a_token_is_accepted_from_each_of_the_three_carriers() {

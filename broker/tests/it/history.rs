@@ -7,7 +7,7 @@ use sockeye_broker::Stats;
 use sockeye_broker::config::RetentionRule;
 use sockeye_protocol::{ClientMessage, OffsetRange, Payload, Position, ServerMessage};
 
-use crate::support::{TestBroker, WAIT, number, read_number};
+use sockeye_testkit::{TestBroker, WAIT, number, read_number};
 
 #[tokio::test]
 async fn a_reconnecting_client_gets_exactly_the_messages_it_missed() {
@@ -109,9 +109,7 @@ async fn a_broker_restart_keeps_epochs_offsets_and_payloads() {
     }
     let (epoch, _) = acked[0];
     drop(publisher);
-    let addr = broker.addr;
-    let dir = broker.stop().await.unwrap();
-    let broker = TestBroker::start_in(dir.path(), Some(addr), |_| {}).await;
+    let broker = broker.stop().await.restart().await;
     let mut subscriber = broker.client("s").await;
     let resumed = subscriber
         .subscribe("durable.topic", Some(Position::After { epoch, offset: 10 }))
@@ -129,7 +127,6 @@ async fn a_broker_restart_keeps_epochs_offsets_and_payloads() {
         publisher.publish("durable.topic", number(21)).await,
         (epoch, 21)
     );
-    drop(dir);
 }
 
 fn small_retention(config: &mut sockeye_broker::Config) {

@@ -9,7 +9,7 @@ use sockeye_broker::auth::unix_now;
 use sockeye_protocol::{ClientMessage, CloseCode, ErrorCode, ServerMessage};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Carrier, Client, TestBroker, WAIT};
+use sockeye_testkit::{Carrier, Client, TestBroker, WAIT};
 
 #[tokio::test]
 async fn a_silent_peer_is_closed_with_4004_and_a_live_one_is_not() {

@@ -11,5 +11,4 @@ mod lifecycle;
 mod promises;
 mod pubsub;
 mod security;
-mod support;
 mod wildcard;

@@ -10,7 +10,7 @@ use sockeye_broker::Claims;
 use sockeye_broker::auth::unix_now;
 use sockeye_protocol::{ClientMessage, CloseCode, ErrorCode, ServerMessage};
 
-use crate::support::{Carrier, Client, TestBroker, number};
+use sockeye_testkit::{Carrier, Client, TestBroker, number};
 
 fn token_expiring_in(broker: &TestBroker, seconds: i64) -> String {
     broker.token_with(Claims {
@@ -45,8 +45,7 @@ async fn a_token_inside_the_leeway_is_welcomed_then_closed_with_4000_at_once() {
         &token_expiring_in(&broker, -40),
     )
     .await
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert_eq!(refused.body["code"], "token_expired");
 }
 

@@ -5,7 +5,7 @@ use sockeye_broker::auth::unix_now;
 use sockeye_protocol::frame::FLAG_DEFLATE;
 use sockeye_protocol::{ClientMessage, Compression, ErrorCode, Payload, ServerMessage, frame};
 
-use crate::support::{Carrier, Client, TestBroker, number, read_number};
+use sockeye_testkit::{Carrier, Client, TestBroker, number, read_number};
 
 fn error_code(reply: &ServerMessage) -> ErrorCode {
     match reply {

@@ -13,7 +13,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::support::{Carrier, Client, TestBroker, WAIT};
+use sockeye_testkit::{Carrier, Client, TestBroker, WAIT};
 
 /// Writes a fresh self-signed certificate for `localhost` and returns its DER.
 fn write_certificate(dir: &std::path::Path) -> CertificateDer<'static> {
@@ -184,7 +184,7 @@ async fn an_allow_list_admits_exact_origins_and_subdomains() {
 async fn connect_from(
     broker: &TestBroker,
     source: &str,
-) -> Result<Client, crate::support::Refused> {
+) -> Result<Client, sockeye_testkit::Refused> {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     let stream = socket.connect(broker.addr).await.unwrap();
@@ -203,7 +203,7 @@ async fn connect_from(
             Ok(Client::from_socket(ws))
         }
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            Err(crate::support::Refused {
+            Err(sockeye_testkit::Refused {
                 status: response.status().as_u16(),
                 body: serde_json::Value::Null,
                 retry_after: response

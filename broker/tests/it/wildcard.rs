@@ -10,7 +10,7 @@ use sockeye_broker::Stats;
 use sockeye_broker::config::RetentionRule;
 use sockeye_protocol::{ClientMessage, ErrorCode, Payload, ServerMessage};
 
-use crate::support::{Client, TestBroker, WAIT, number, read_number};
+use sockeye_testkit::{Client, TestBroker, WAIT, number, read_number};
 
 /// Segments of the flood's name that may be `*`; every filter has one more,
 /// a literal that keeps one connection's filters from overlapping.

@@ -3,19 +3,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../sdk-rust/tests/it/support.rs"]
-mod support;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use sockeye_broker::Claims;
 use sockeye_broker::auth::unix_now;
+use sockeye_testkit::TestBroker;
 
 #[tokio::test]
 async fn the_curl_walkthrough_runs_against_a_live_admin_api() {
-    let broker = support::TestBroker::start().await;
+    let broker = TestBroker::start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -3,12 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../sdk-rust/tests/it/support.rs"]
-mod support;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
+
+use sockeye_testkit::TestBroker;
 
 #[tokio::test]
 async fn two_browser_pages_chat_through_the_broker() {
@@ -19,7 +18,7 @@ async fn two_browser_pages_chat_through_the_broker() {
         .local_addr()
         .unwrap()
         .port();
-    let broker = support::TestBroker::start_with(|config| {
+    let broker = TestBroker::start_with(|config| {
         config.server.allowed_origins = vec![format!("http://127.0.0.1:{site_port}")];
     })
     .await;

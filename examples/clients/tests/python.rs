@@ -3,9 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../sdk-rust/tests/it/support.rs"]
-mod support;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,6 +10,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sockeye_sdk::{Client, Event, Position, SubscribeOptions};
+use sockeye_testkit::TestBroker;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Note {
@@ -27,11 +25,7 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../python/sockeye_client.py")
 }
 
-async fn run_python(
-    broker: &support::TestBroker,
-    state: &std::path::Path,
-    args: &[&str],
-) -> Vec<String> {
+async fn run_python(broker: &TestBroker, state: &std::path::Path, args: &[&str]) -> Vec<String> {
     // The client bounds its own run by --timeout too; this catches a
     // client that hangs regardless.
     let output = tokio::process::Command::new("python3")
@@ -67,7 +61,7 @@ fn messages(lines: &[String]) -> Vec<&str> {
 
 #[tokio::test]
 async fn the_python_client_subscribes_publishes_and_resumes() {
-    let broker = support::TestBroker::start().await;
+    let broker = TestBroker::start().await;
     let rust = Client::connect(broker.url(), broker.token("rust"))
         .await
         .unwrap();
@@ -160,7 +154,7 @@ async fn the_python_client_subscribes_publishes_and_resumes() {
 
 #[tokio::test]
 async fn the_python_client_reports_a_gap_when_history_was_trimmed() {
-    let broker = support::TestBroker::start_with(|config| {
+    let broker = TestBroker::start_with(|config| {
         config.retention[0].max_messages = 2;
         config.store.trim_interval = std::time::Duration::from_millis(50);
     })

@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../sdk-rust/tests/it/support.rs"]
-mod support;
-
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Deserialize;
 use sockeye_sdk::{Client, Event, Position, SubscribeOptions};
+use sockeye_testkit::TestBroker;
 
 /// Bound on every wait for the example; a hang detector, not a speed limit.
 const WAIT: Duration = Duration::from_secs(30);
@@ -33,7 +31,7 @@ struct Note {
 
 #[tokio::test]
 async fn the_publisher_prints_each_stored_offset_and_the_notes_arrive() {
-    let broker = support::TestBroker::start().await;
+    let broker = TestBroker::start().await;
     let output = run_publisher(
         tokio::process::Command::new(env!("CARGO_BIN_EXE_example-publisher"))
             .args(["--topic", "notes.pub", "--count", "3", "hi there"])
@@ -91,7 +89,7 @@ async fn the_publisher_prints_each_stored_offset_and_the_notes_arrive() {
 
 #[tokio::test]
 async fn the_publisher_fails_clearly_with_a_bad_token() {
-    let broker = support::TestBroker::start().await;
+    let broker = TestBroker::start().await;
     let output = run_publisher(
         tokio::process::Command::new(env!("CARGO_BIN_EXE_example-publisher")).args([
             "--url",

@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../sdk-rust/tests/it/support.rs"]
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Serialize;
 use sockeye_sdk::Client;
+use sockeye_testkit::TestBroker;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::ChildStdout;
 
@@ -33,7 +31,7 @@ struct Note {
 
 #[tokio::test]
 async fn the_subscriber_prints_history_then_live_notes() {
-    let broker = support::TestBroker::start().await;
+    let broker = TestBroker::start().await;
     let writer = Client::connect(broker.url(), broker.token("writer"))
         .await
         .unwrap();

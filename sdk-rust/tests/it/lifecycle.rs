@@ -3,7 +3,7 @@
 use futures_util::StreamExt;
 use sockeye_sdk::{Client, CloseReason, ConnectionState, Error};
 
-use crate::support::TestBroker;
+use sockeye_testkit::TestBroker;
 
 #[tokio::test]
 async fn close_ends_streams_and_later_requests_fail_with_the_reason() {

@@ -7,7 +7,6 @@ mod reconnect;
 mod refresh;
 mod roundtrip;
 mod slow;
-mod support;
 
 use std::time::Duration;
 

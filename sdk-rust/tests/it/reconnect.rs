@@ -7,7 +7,7 @@ use sockeye_protocol::Payload;
 use sockeye_sdk::{Backoff, Client, CloseReason, ConnectionState, Error};
 
 use crate::next_message;
-use crate::support::TestBroker;
+use sockeye_testkit::TestBroker;
 
 fn quick_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(20), Duration::from_millis(500))

@@ -9,7 +9,7 @@ use sockeye_broker::auth::unix_now;
 use sockeye_sdk::{Client, CloseReason, ConnectionState};
 
 use crate::next_message;
-use crate::support::TestBroker;
+use sockeye_testkit::TestBroker;
 
 async fn short_token_broker() -> TestBroker {
     TestBroker::start_with(|config| {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sockeye_sdk::{Client, Error, ErrorCode, Event, Payload, Position, SubscribeOptions};
 
-use crate::support::TestBroker;
 use crate::{next_event, next_message};
+use sockeye_testkit::TestBroker;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Side {

@@ -4,7 +4,7 @@
 use sockeye_sdk::{Client, ClientConfig, Event, Position, SubscribeOptions};
 
 use crate::next_event;
-use crate::support::TestBroker;
+use sockeye_testkit::TestBroker;
 
 #[tokio::test]
 async fn a_slow_reader_that_publishes_from_its_loop_gets_every_message_in_order() {
