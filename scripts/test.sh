@@ -9,7 +9,9 @@
 # Debian's, PyPI's and npm's registries):
 #   - Debian: chromium (browser tests), curl (admin walkthrough),
 #             nats-server (benchmark smoke against NATS), nginx and haproxy (proxy tests),
-#             procps (`kill`, to stop broker processes), python3-pip
+#             redis-server (`redis-server` and `redis-cli`, for the cluster tests:
+#             tests/cluster*.rs start their own on free loopback ports),
+#             procps (`kill`, to stop and freeze processes), python3-pip
 #   - PyPI:   websockets, msgpack (examples/python/requirements.txt),
 #             schemathesis (admin/tests/requirements.txt)
 #   - npm:    playwright-core (examples/browser-chat/package-lock.json and
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 # Debian package that provides each program the tests run.
 need_apt=()
 for pair in chromium:chromium curl:curl nats-server:nats-server nginx:nginx \
-  haproxy:haproxy /bin/kill:procps; do
+  haproxy:haproxy redis-server:redis-server redis-cli:redis-server /bin/kill:procps; do
   program=${pair%%:*} package=${pair##*:}
   command -v "$program" >/dev/null 2>&1 || need_apt+=("$package")
 done

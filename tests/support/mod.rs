@@ -1,9 +1,13 @@
 //! What the integration tests share: a real `sockeye serve` child process
 //! that listens on port 0 and reports its address in its log, stopping it
 //! (SIGTERM or SIGKILL), minting tokens with `sockeye token`, and WebSocket
-//! helpers. Every wait here is bounded by [`WAIT`], so a hung broker fails a
-//! test instead of stalling it.
+//! helpers; and, in [`cluster`], what cluster mode's tests add (Redis,
+//! nodes that share it, nginx in front of them, clients that follow a
+//! topic across reconnects). Every wait here is bounded by [`WAIT`], so a
+//! hung broker fails a test instead of stalling it.
 #![allow(dead_code, unreachable_pub)] // Each test file uses a different part.
+
+pub mod cluster;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -66,10 +70,27 @@ impl Serve {
         data_dir: &Path,
         args: &[&str],
     ) -> Result<Self, (ExitStatus, Vec<String>)> {
-        let mut child = Command::new(BIN)
+        Self::try_start_in(None, &[], data_dir, args).await
+    }
+
+    /// Like [`Serve::try_start`], in the working directory `current_dir`
+    /// (where relative paths of its configuration point) when given, and
+    /// with the environment variables `env` added to the test's own.
+    pub async fn try_start_in(
+        current_dir: Option<&Path>,
+        env: &[(&str, &str)],
+        data_dir: &Path,
+        args: &[&str],
+    ) -> Result<Self, (ExitStatus, Vec<String>)> {
+        let mut command = Command::new(BIN);
+        if let Some(dir) = current_dir {
+            command.current_dir(dir);
+        }
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -170,26 +191,43 @@ pub fn listen_address(lines: &[String], what: &str) -> Option<SocketAddr> {
     Some(field.parse().unwrap())
 }
 
-/// Sends SIGTERM to `pid`. The only place the tests signal a process:
-/// `unsafe` is forbidden in this workspace and no signal crate is a
-/// dependency, so it runs `kill` (procps).
+/// Sends SIGTERM to `pid`.
 pub fn sigterm(pid: u32) -> std::io::Result<()> {
+    signal(pid, "TERM")
+}
+
+/// Sends the signal named `name` (`TERM`, `KILL`, `STOP`, `CONT`) to `pid`.
+/// The only place the tests signal a process: `unsafe` is forbidden in this
+/// workspace and no signal crate is a dependency, so it runs `kill` (procps).
+pub fn signal(pid: u32, name: &str) -> std::io::Result<()> {
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .stdin(Stdio::null())
         .status()?;
     if status.success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("kill -TERM {pid}: {status}")))
+        Err(std::io::Error::other(format!(
+            "kill -{name} {pid}: {status}"
+        )))
     }
 }
 
 /// Runs `sockeye token ARGS.. --data-dir DIR` and returns the token.
 pub async fn mint(data_dir: &Path, args: &[&str]) -> String {
+    mint_in(None, data_dir, args).await
+}
+
+/// Like [`mint`], in the working directory `current_dir` when given (where
+/// relative paths of its configuration point).
+pub async fn mint_in(current_dir: Option<&Path>, data_dir: &Path, args: &[&str]) -> String {
+    let mut command = Command::new(BIN);
+    if let Some(dir) = current_dir {
+        command.current_dir(dir);
+    }
     let output = tokio::time::timeout(
         WAIT,
-        Command::new(BIN)
+        command
             .arg("token")
             .args(args)
             .arg("--data-dir")
