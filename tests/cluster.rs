@@ -20,10 +20,10 @@ use tokio::sync::watch;
 
 use support::cluster::{
     Cluster, ClusterOptions, Follow, Follower, Persistence, PublishLoad, Publisher, Redis, Seen,
-    admin_get, assert_acked_in, assert_same_stream, expect_delivery, expect_quiet, listed_topic,
-    member_names, node_name, publish, read_history, subscribe, try_connect,
+    assert_acked_in, assert_same_stream, expect_delivery, expect_quiet, listed_topic, member_names,
+    node_name, publish, read_history, subscribe, try_connect, wait_for_members, wait_until,
 };
-use support::{Serve, recv};
+use support::{Serve, recv, signal};
 
 /// A live subscriber of `topic` on `node`'s address that must never be
 /// disconnected.
@@ -62,12 +62,6 @@ fn by_offset(published: &[support::cluster::Published]) -> Vec<Seen> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishers_on_three_nodes_make_one_stream_every_subscriber_sees_whole() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
-    // Each node lists the whole cluster.
-    for node in cluster.nodes.iter().flatten() {
-        let body = admin_get(node.admin, &cluster.admin_token, "/v1/nodes").await;
-        let names: BTreeSet<String> = (0..3).map(node_name).collect();
-        assert_eq!(member_names(&body), names, "{}: {body}", node.name);
-    }
     let topic = "cluster.order";
     let per_publisher = 300;
     let (until_tx, until) = watch::channel(None);
@@ -148,6 +142,12 @@ async fn publishers_on_three_nodes_make_one_stream_every_subscriber_sees_whole()
         assert_eq!(listed["last_offset"], total, "{}: {listed}", node.name);
         assert_eq!(listed["first_offset"], 1, "{}: {listed}", node.name);
         assert_eq!(listed["stored_messages"], total, "{}: {listed}", node.name);
+    }
+    // Each node lists the whole cluster, by the configured names.
+    let names: BTreeSet<String> = (0..3).map(node_name).collect();
+    for node in cluster.nodes.iter().flatten() {
+        let body = wait_for_members(node.admin, &cluster.admin_token, &names).await;
+        assert_eq!(member_names(&body), names, "{}: {body}", node.name);
     }
 }
 
@@ -254,7 +254,24 @@ async fn subscribers_keep_a_contiguous_stream_when_redis_closes_the_pubsub_conne
     for follower in &mut followers {
         follower.subscribed().await;
     }
-    // Publishers on two nodes, until stopped (at most 5,000 each).
+    let kill_pubsub = || async {
+        let killed = cluster.redis.kill_pubsub_clients().await;
+        assert!(
+            killed >= 3,
+            "each node holds a PUB/SUB connection while it has subscribers; {killed} closed"
+        );
+    };
+    let no_failures = |outcome: &support::cluster::Published| {
+        assert!(
+            outcome.refused.is_empty() && outcome.unanswered.is_empty(),
+            "publishing does not use the PUB/SUB connection: {:?} refused, {} unanswered",
+            outcome.refused,
+            outcome.unanswered.len()
+        );
+    };
+    // Under load, from two nodes: messages published while the nodes
+    // resubscribe reach no PUB/SUB connection, and the nodes must read them
+    // from the stream when a later message shows the gap.
     let (stop_tx, stop) = watch::channel(false);
     let publishers = [
         Publisher::spawn(steady_publisher(&cluster, 0, topic, 5_000), &stop),
@@ -263,36 +280,42 @@ async fn subscribers_keep_a_contiguous_stream_when_redis_closes_the_pubsub_conne
     let mut reached = 200;
     for round in 1..=2 {
         for follower in &mut followers {
-            support::cluster::wait_until(
-                &mut follower.progress,
-                reached,
-                &format!("round {round}"),
-            )
-            .await;
+            wait_until(&mut follower.progress, reached, &format!("round {round}")).await;
         }
-        let killed = cluster.redis.kill_pubsub_clients().await;
-        assert!(
-            killed >= 3,
-            "each node holds a PUB/SUB connection while it has subscribers; {killed} closed"
-        );
-        // Messages published while the nodes resubscribe reach no PUB/SUB
-        // connection: the nodes must read them from the stream.
+        kill_pubsub().await;
         reached = followers.iter().map(Follower::last).max().unwrap() + 300;
     }
     for follower in &mut followers {
-        support::cluster::wait_until(&mut follower.progress, reached, "after the kills").await;
+        wait_until(&mut follower.progress, reached, "after the load").await;
     }
     stop_tx.send_replace(true);
     let mut published = Vec::new();
     for publisher in publishers {
         let outcome = publisher.finish().await;
-        assert!(
-            outcome.refused.is_empty() && outcome.unanswered.is_empty(),
-            "publishing does not use the PUB/SUB connection: {:?} refused, {} unanswered",
-            outcome.refused,
-            outcome.unanswered.len()
-        );
+        no_failures(&outcome);
         published.push(outcome);
+    }
+    // A node that stalls (SIGSTOP) while Redis drops its PUB/SUB connection,
+    // as Redis does to a node that cannot keep up, and a burst published
+    // on another node meanwhile with nothing after it: no later message
+    // shows the stalled node the gap, so only its repair when the PUB/SUB
+    // connection comes back delivers the burst to its subscribers.
+    let (_go_on, go_on) = watch::channel(false);
+    for stalled in 0..3 {
+        let pid = cluster.node(stalled).serve.pid();
+        signal(pid, "STOP").unwrap();
+        kill_pubsub().await;
+        let mut burst = steady_publisher(&cluster, (stalled + 1) % 3, topic, 20);
+        burst.label = format!("burst while {} stalls", node_name(stalled));
+        let outcome = Publisher::spawn(burst, &go_on).finish().await;
+        signal(pid, "CONT").unwrap();
+        no_failures(&outcome);
+        let last = outcome.acked.iter().map(|ack| ack.offset).max().unwrap();
+        published.push(outcome);
+        for follower in &mut followers {
+            let what = format!("after the burst while {} stalled", node_name(stalled));
+            wait_until(&mut follower.progress, last, &what).await;
+        }
     }
     let stream = by_offset(&published);
     let total = stream.len() as u64;
