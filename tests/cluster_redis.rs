@@ -172,9 +172,11 @@ async fn after_the_loss(
             epoch,
         }) => {
             assert_eq!(reset, topic);
+            eprintln!("the connected subscriber got reset to epoch {epoch}");
             (epoch, socket)
         }
         None => {
+            eprintln!("the connected subscriber was disconnected; it resumes");
             let mut socket = try_connect(addr, token).await.unwrap();
             let reply = subscribe(
                 &mut socket,
