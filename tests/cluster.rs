@@ -148,6 +148,22 @@ async fn publishers_on_three_nodes_make_one_stream_every_subscriber_sees_whole()
     for node in cluster.nodes.iter().flatten() {
         let body = wait_for_members(node.admin, &cluster.admin_token, &names).await;
         assert_eq!(member_names(&body), names, "{}: {body}", node.name);
+        assert_eq!(body["cluster"], true, "{body}");
+        for item in support::cluster::items(&body) {
+            let name = item["name"].as_str().unwrap();
+            let listed = cluster
+                .nodes
+                .iter()
+                .flatten()
+                .find(|n| n.name == name)
+                .unwrap();
+            assert_eq!(
+                item["address"],
+                listed.addr().to_string(),
+                "{name}'s WebSocket listener: {body}"
+            );
+            assert_eq!(item["this_node"], name == node.name, "{body}");
+        }
     }
 }
 
