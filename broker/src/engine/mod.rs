@@ -42,7 +42,9 @@ pub(crate) mod sled;
 use std::sync::Arc;
 
 use sockeye_protocol::frame::FrameBuf;
-use sockeye_protocol::{Delivery, DeliveryRef, OffsetRange, Payload, StreamPosition, TopicName};
+use sockeye_protocol::{
+    Delivery, DeliveryRef, OffsetRange, Payload, ServerMessage, StreamPosition, TopicName,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -298,12 +300,16 @@ impl Engine {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Option<(u64, Vec<Delivery>)>, StoreError> {
-        match self {
-            Engine::Sled(engine) => engine.history(topic, from, limit, max_bytes).await,
-            Engine::Redis(engine) => engine.history(topic, from, limit, max_bytes).await,
+        let stored = match self {
+            Engine::Sled(engine) => engine.history(topic, from, limit, max_bytes).await?,
+            Engine::Redis(engine) => engine.history(topic, from, limit, max_bytes).await?,
             #[cfg(test)]
-            Engine::Memory(_) => Ok(None),
-        }
+            Engine::Memory(_) => None,
+        };
+        let Some((epoch, batch)) = stored else {
+            return Ok(None);
+        };
+        Ok(Some((epoch, decode_history(topic, batch)?)))
     }
 
     /// Deletes a topic's history and starts a new epoch; `None` if the
@@ -520,6 +526,25 @@ impl Engine {
             engine.watch_every_topic(on);
         }
     }
+}
+
+/// Decodes the stored frames of a read batch into deliveries, for the
+/// admin API's history: every engine stores a message as its encoded
+/// `message` frame, so one that does not decode as one is damage.
+fn decode_history(topic: &TopicName, batch: ReadBatch) -> Result<Vec<Delivery>, StoreError> {
+    batch
+        .messages
+        .into_iter()
+        .map(|message| {
+            let body = bytes::Bytes::copy_from_slice(message.body());
+            match ServerMessage::decode(&body) {
+                Ok(ServerMessage::Message(delivery)) => Ok(delivery),
+                _ => Err(StoreError::Corrupt {
+                    what: format!("message {} of {topic}", message.offset),
+                }),
+            }
+        })
+        .collect()
 }
 
 /// Why an acknowledgement was not given.

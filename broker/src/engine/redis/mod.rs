@@ -48,8 +48,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 use sockeye_protocol::{
-    Compression, Delivery, FIRST_OFFSET, Payload, ServerMessage, StreamPosition, TopicFilter,
-    TopicName,
+    Compression, FIRST_OFFSET, Payload, StreamPosition, TopicFilter, TopicName,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -651,7 +650,7 @@ impl RedisEngine {
         from: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Option<(u64, Vec<Delivery>)>, StoreError> {
+    ) -> Result<Option<(u64, ReadBatch)>, StoreError> {
         let Some(info) = self.info(topic).await? else {
             return Ok(None);
         };
@@ -665,19 +664,7 @@ impl RedisEngine {
                 max_bytes,
             )
             .await?;
-        let mut out = Vec::with_capacity(batch.messages.len());
-        for message in batch.messages {
-            let body = bytes::Bytes::copy_from_slice(message.body());
-            match ServerMessage::decode(&body) {
-                Ok(ServerMessage::Message(delivery)) => out.push(delivery),
-                _ => {
-                    return Err(StoreError::Corrupt {
-                        what: format!("message {} of {topic}", message.offset),
-                    });
-                }
-            }
-        }
-        Ok(Some((info.epoch, out)))
+        Ok(Some((info.epoch, batch)))
     }
 
     /// Deletes a topic's history and starts a new epoch on every node.

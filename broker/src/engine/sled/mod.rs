@@ -34,10 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use sockeye_protocol::{
-    Compression, Delivery, OffsetRange, Payload, ServerMessage, StreamPosition, TopicFilter,
-    TopicName,
-};
+use sockeye_protocol::{Compression, OffsetRange, Payload, StreamPosition, TopicFilter, TopicName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -649,7 +646,7 @@ impl SledEngine {
         from: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Option<(u64, Vec<Delivery>)>, StoreError> {
+    ) -> Result<Option<(u64, ReadBatch)>, StoreError> {
         let Some(entry) = self.registry_read().get(topic).cloned() else {
             return Ok(None);
         };
@@ -657,19 +654,7 @@ impl SledEngine {
         let batch = self
             .read(stream.epoch, from, stream.visible, limit, max_bytes)
             .await?;
-        let mut out = Vec::with_capacity(batch.messages.len());
-        for message in batch.messages {
-            let body = Bytes::copy_from_slice(message.body());
-            match ServerMessage::decode(&body) {
-                Ok(ServerMessage::Message(delivery)) => out.push(delivery),
-                _ => {
-                    return Err(StoreError::Corrupt {
-                        what: format!("message {} of {topic}", message.offset),
-                    });
-                }
-            }
-        }
-        Ok(Some((stream.epoch, out)))
+        Ok(Some((stream.epoch, batch)))
     }
 
     /// Deletes a topic's history and starts a new epoch; the hub moves live
