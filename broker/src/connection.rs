@@ -737,6 +737,10 @@ impl Session {
                     .map_err(|refusal| {
                         Refusal::new(ErrorCode::TooManySubscriptions, refusal.to_string())
                     })?;
+                if let Err(err) = self.broker.engine().wildcards_ready().await {
+                    hub.unsubscribe_wildcard(&filter, self.peer.id);
+                    return Err(write_refusal(&err));
+                }
                 let outcome = SubscribeOutcome {
                     stored: false,
                     epoch: 0,

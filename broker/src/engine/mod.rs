@@ -526,6 +526,15 @@ impl Engine {
             engine.watch_every_topic(on);
         }
     }
+
+    /// Waits until a wildcard subscription just added to the hub receives
+    /// what other nodes publish (Redis); at once for local engines.
+    pub(crate) async fn wildcards_ready(&self) -> Result<(), WriteError> {
+        match self {
+            Engine::Redis(engine) => engine.every_topic_confirmed().await,
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Decodes the stored frames of a read batch into deliveries, for the

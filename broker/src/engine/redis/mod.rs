@@ -107,8 +107,10 @@ impl Keys {
             .strip_suffix("}:c")
     }
 
+    /// The cluster's stored topics: a sorted set with every score 0, so
+    /// that `ZRANGE ... BYLEX` pages through it in name order.
     fn topics(&self) -> String {
-        format!("{}:topics", self.prefix)
+        format!("{}:topic-names", self.prefix)
     }
 
     fn age(&self) -> String {
@@ -495,7 +497,7 @@ impl RedisEngine {
     async fn remember_topic(&self, topic: &TopicName) {
         let mut commands = self.commands.clone();
         let added: redis::RedisResult<u64> =
-            commands.sadd(self.keys.topics(), topic.as_str()).await;
+            commands.zadd(self.keys.topics(), topic.as_str(), 0).await;
         if let Err(err) = added {
             tracing::warn!(topic = %topic, cause = %err, "could not list a new topic in Redis");
         }
@@ -549,6 +551,23 @@ impl RedisEngine {
     pub(crate) fn watch_every_topic(&self, on: bool) {
         self.every_topic.store(on, Ordering::Release);
         let _ = self.pubsub.send(pubsub::Command::EveryTopic(on));
+    }
+
+    /// Waits until Redis confirmed the pattern of every topic's channel, so
+    /// that a wildcard subscription's reply means what it means on one
+    /// node: every message published after it reaches the subscriber.
+    pub(crate) async fn every_topic_confirmed(&self) -> Result<(), WriteError> {
+        let (done, confirmed) = oneshot::channel();
+        let _ = self
+            .pubsub
+            .send(pubsub::Command::ConfirmEveryTopic { done });
+        match tokio::time::timeout(self.config.command_timeout, confirmed).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(err))) => Err(WriteError::Store(unavailable(err))),
+            _ => Err(WriteError::Store(unavailable(
+                "the PUB/SUB connection did not confirm the wildcard subscription in time",
+            ))),
+        }
     }
 
     /// Reads entries `from..until` of `topic`'s stream `epoch`. If the
@@ -747,19 +766,32 @@ impl RedisEngine {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StoredTopicInfo>, StoreError> {
+        // Names are UTF-8, which never contains the byte 0xff: every name
+        // with the prefix sorts below `prefix + 0xff`.
+        let mut upper = prefix.as_bytes().to_vec();
+        upper.push(0xff);
+        let lower = match after {
+            Some(after) if after >= prefix => format!("({after}").into_bytes(),
+            _ => format!("[{prefix}").into_bytes(),
+        };
+        let mut upper_bound = b"(".to_vec();
+        upper_bound.extend_from_slice(&upper);
         let mut commands = self.commands.clone();
-        let mut names: Vec<String> = tokio::time::timeout(
+        let names: Vec<String> = tokio::time::timeout(
             self.config.command_timeout,
-            commands.smembers(self.keys.topics()),
+            redis::cmd("ZRANGE")
+                .arg(self.keys.topics())
+                .arg(lower)
+                .arg(upper_bound)
+                .arg("BYLEX")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut commands),
         )
         .await
         .map_err(|_| unavailable("Redis did not answer in time"))?
         .map_err(unavailable)?;
-        names.retain(|name| {
-            name.starts_with(prefix) && after.is_none_or(|after| name.as_str() > after)
-        });
-        names.sort_unstable();
-        names.truncate(limit);
         Ok(self.infos(&names).await?.into_iter().flatten().collect())
     }
 
@@ -857,7 +889,7 @@ impl RedisEngine {
                     let _: () = commands
                         .pset_ex(engine.keys.node(&name), json, ttl.as_millis() as u64)
                         .await?;
-                    commands.scard::<_, u64>(engine.keys.topics()).await
+                    commands.zcard::<_, u64>(engine.keys.topics()).await
                 };
                 match tokio::time::timeout(engine.config.command_timeout, announce).await {
                     Ok(Ok(count)) => engine.stored_topics.store(count, Ordering::Relaxed),

@@ -191,7 +191,12 @@ async fn send_batch(
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         if !created.is_empty() {
-            pipe.cmd("SADD").arg(engine.keys.topics()).arg(&created);
+            let mut add = redis::cmd("ZADD");
+            add.arg(engine.keys.topics());
+            for topic in &created {
+                add.arg(0).arg(topic);
+            }
+            pipe.add_command(add);
         }
         for (topic, due) in &schedule {
             pipe.cmd("ZADD")

@@ -42,6 +42,12 @@ pub(super) enum Command {
     Unwatch { topic: TopicName },
     /// Subscribe (or not) the pattern of every topic's channel.
     EveryTopic(bool),
+    /// Answer once the pattern of every topic's channel is subscribed:
+    /// commands run in order, so this answers after the `EveryTopic(true)`
+    /// sent before it was confirmed by Redis.
+    ConfirmEveryTopic {
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +209,14 @@ pub(super) async fn run(
                             }
                         }
                         Command::EveryTopic(_) => true,
+                        Command::ConfirmEveryTopic { done } => {
+                            let _ = done.send(if every_topic {
+                                Ok(())
+                            } else {
+                                Err("no wildcard subscription is held".to_owned())
+                            });
+                            true
+                        }
                     };
                     if !applied {
                         break;
