@@ -302,6 +302,9 @@ pub struct ClusterOptions {
     pub persistence: Persistence,
     /// The nodes' `engine.redis.command_timeout`.
     pub command_timeout: &'static str,
+    /// Retention rules (TOML `[[retention]]` tables) put before the one
+    /// that stores every topic; the first matching rule applies.
+    pub retention: &'static str,
 }
 
 impl Default for ClusterOptions {
@@ -310,6 +313,7 @@ impl Default for ClusterOptions {
             nodes: 3,
             persistence: Persistence::AofAlways,
             command_timeout: "2s",
+            retention: "",
         }
     }
 }
@@ -381,7 +385,12 @@ impl Cluster {
                 .join(format!("{}.toml", node_name(index)));
             std::fs::write(
                 &config,
-                node_config(&node_name(index), &secret, options.command_timeout),
+                node_config(
+                    &node_name(index),
+                    &secret,
+                    options.command_timeout,
+                    options.retention,
+                ),
             )
             .unwrap();
             cluster.configs.push(config);
@@ -457,13 +466,15 @@ impl Cluster {
 /// A node's configuration file: its name, the shared secret file, the
 /// command timeout, and what every node of a test cluster shares: no publish
 /// rate limit (the tests publish in bursts), quick shutdowns, and one
-/// retention rule that keeps everything a test publishes.
-fn node_config(name: &str, secret: &Path, command_timeout: &str) -> String {
+/// retention rule that keeps everything a test publishes (after the
+/// test's own `retention` rules).
+fn node_config(name: &str, secret: &Path, command_timeout: &str, retention: &str) -> String {
     format!(
         "[auth]\nsecret_file = {secret:?}\n\
          [limits]\npublish_rate = 0\n\
          [shutdown]\ndrain_timeout = \"1s\"\nreconnect_spread = \"0s\"\n\
          [engine.redis]\nnode_name = \"{name}\"\ncommand_timeout = \"{command_timeout}\"\n\
+         {retention}\n\
          [[retention]]\npattern = \">\"\nstore = true\nmax_messages = 1000000\n\
          max_age = \"1day\"\nmax_bytes = \"1 GiB\"\n",
         secret = secret.to_str().unwrap()
