@@ -261,24 +261,38 @@ impl Session {
     }
 
     /// Runs the connection to its end.
-    pub(crate) async fn run(mut self) {
+    ///
+    /// The session is boxed: an `async fn` taking `self` by value keeps two
+    /// copies of it in its future (the argument and the moved binding,
+    /// rust-lang/rust#62958), and that future is what every idle connection
+    /// holds for its whole life.
+    pub(crate) async fn run(mut self: Box<Self>) {
         let config = Arc::clone(self.broker.config());
         let write_timeout = config.heartbeat.timeout;
-        let welcome = ServerMessage::Welcome(Welcome {
-            connection_id: self.peer.id.0,
-            version: PROTOCOL_VERSION,
-            subject: self.identity.subject.clone(),
-            heartbeat_interval_ms: config.heartbeat.interval.as_millis() as u64,
-            heartbeat_timeout_ms: config.heartbeat.timeout.as_millis() as u64,
-            token_expires_at: self.identity.expires_at.map(unix_ms),
-            limits: config.wire_limits(),
-        });
-        let ending = match self.reply(&welcome).await {
-            Ok(()) => match tokio::time::timeout(write_timeout, self.socket.flush()).await {
-                Ok(Ok(())) => self.serve(&config).await,
-                _ => Ending::Gone,
-            },
-            Err(_) => Ending::Gone,
+        // The welcome is encoded and dropped before `serve`, so it takes no
+        // room in the future across the connection's life.
+        let greeted = {
+            let frame = self.encode(&ServerMessage::Welcome(Welcome {
+                connection_id: self.peer.id.0,
+                version: PROTOCOL_VERSION,
+                subject: self.identity.subject.clone(),
+                heartbeat_interval_ms: config.heartbeat.interval.as_millis() as u64,
+                heartbeat_timeout_ms: config.heartbeat.timeout.as_millis() as u64,
+                token_expires_at: self.identity.expires_at.map(unix_ms),
+                limits: config.wire_limits(),
+            }));
+            match self.feed(frame).await {
+                Ok(()) => matches!(
+                    tokio::time::timeout(write_timeout, self.socket.flush()).await,
+                    Ok(Ok(()))
+                ),
+                Err(_) => false,
+            }
+        };
+        let ending = if greeted {
+            self.serve(&config).await
+        } else {
+            Ending::Gone
         };
         Box::pin(self.finish(ending)).await;
     }
@@ -911,7 +925,7 @@ impl Session {
     /// Sends the close frame (if any) and waits briefly for the client's
     /// reply; dropping the session then releases what the connection held,
     /// and the socket, asked to linger, drains what the client still sends.
-    async fn finish(mut self, ending: Ending) {
+    async fn finish(mut self: Box<Self>, ending: Ending) {
         let (code, reason, readable) = match ending {
             Ending::Close(code, reason) => (code, reason, true),
             Ending::Abort(code, reason) => (code, reason, false),
