@@ -9,7 +9,7 @@
 //! Draining the queue writes every waiting frame and then flushes once, so a
 //! burst costs one syscall, not one per message.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,8 +47,6 @@ const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
 /// One subscription held by this connection.
 #[derive(Debug)]
 struct Held {
-    /// The exact topic, for exact filters.
-    exact: Option<TopicName>,
     /// Ends the subscription (and its replay).
     cancel: CancellationToken,
 }
@@ -122,7 +120,10 @@ pub(crate) struct Session {
     /// subscription has opened it.
     inbox: Option<Inbox>,
     identity: Identity,
-    held: HashMap<TopicFilter, Held>,
+    /// The subscriptions, in a vector grown one slot at a time from empty:
+    /// most connections hold one or a few (a hash map's smallest table
+    /// holds four), and every subscribe scans them all for overlaps anyway.
+    held: Vec<(TopicFilter, Held)>,
     /// Publish replies waiting for their write to become durable, in write
     /// order.
     pending_acks: VecDeque<PendingAck>,
@@ -132,8 +133,6 @@ pub(crate) struct Session {
     byte_rate: Option<DefaultDirectRateLimiter>,
     last_heard: Instant,
     warned_expiry: bool,
-    /// Cancelled when the session ends; parent of every subscription token.
-    ended: CancellationToken,
     /// Makes the socket drain after the close (absent when the router is
     /// served by someone else's HTTP server).
     linger: Option<CloseLinger>,
@@ -200,21 +199,19 @@ impl Session {
             bytes_per_second.max(config.limits.max_frame_size.as_u64()),
         );
         let durable = broker.engine().durable();
-        let ended = broker.shutdown_token().child_token();
         Self {
             broker,
             peer,
             socket,
             inbox: None,
             identity,
-            held: HashMap::new(),
+            held: Vec::new(),
             pending_acks: VecDeque::new(),
             durable,
             rate,
             byte_rate,
             last_heard: Instant::now(),
             warned_expiry: false,
-            ended,
             linger,
             _admission: admission,
         }
@@ -261,24 +258,38 @@ impl Session {
     }
 
     /// Runs the connection to its end.
-    pub(crate) async fn run(mut self) {
+    ///
+    /// The session is boxed: an `async fn` taking `self` by value keeps two
+    /// copies of it in its future (the argument and the moved binding,
+    /// rust-lang/rust#62958), and that future is what every idle connection
+    /// holds for its whole life.
+    pub(crate) async fn run(mut self: Box<Self>) {
         let config = Arc::clone(self.broker.config());
         let write_timeout = config.heartbeat.timeout;
-        let welcome = ServerMessage::Welcome(Welcome {
-            connection_id: self.peer.id.0,
-            version: PROTOCOL_VERSION,
-            subject: self.identity.subject.clone(),
-            heartbeat_interval_ms: config.heartbeat.interval.as_millis() as u64,
-            heartbeat_timeout_ms: config.heartbeat.timeout.as_millis() as u64,
-            token_expires_at: self.identity.expires_at.map(unix_ms),
-            limits: config.wire_limits(),
-        });
-        let ending = match self.reply(&welcome).await {
-            Ok(()) => match tokio::time::timeout(write_timeout, self.socket.flush()).await {
-                Ok(Ok(())) => self.serve(&config).await,
-                _ => Ending::Gone,
-            },
-            Err(_) => Ending::Gone,
+        // The welcome is encoded and dropped before `serve`, so it takes no
+        // room in the future across the connection's life.
+        let greeted = {
+            let frame = self.encode(&ServerMessage::Welcome(Welcome {
+                connection_id: self.peer.id.0,
+                version: PROTOCOL_VERSION,
+                subject: self.identity.subject.clone(),
+                heartbeat_interval_ms: config.heartbeat.interval.as_millis() as u64,
+                heartbeat_timeout_ms: config.heartbeat.timeout.as_millis() as u64,
+                token_expires_at: self.identity.expires_at.map(unix_ms),
+                limits: config.wire_limits(),
+            }));
+            match self.feed(frame).await {
+                Ok(()) => matches!(
+                    tokio::time::timeout(write_timeout, self.socket.flush()).await,
+                    Ok(Ok(()))
+                ),
+                Err(_) => false,
+            }
+        };
+        let ending = if greeted {
+            self.serve(&config).await
+        } else {
+            Ending::Gone
         };
         Box::pin(self.finish(ending)).await;
     }
@@ -666,7 +677,7 @@ impl Session {
                 format!("the token does not allow subscribing to `{filter}`"),
             ));
         }
-        if self.held.contains_key(&filter) {
+        if self.held.iter().any(|(held, _)| *held == filter) {
             return Err(Refusal::new(
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to `{filter}`"),
@@ -682,8 +693,8 @@ impl Session {
         if wildcard
             && self
                 .held
-                .values()
-                .filter(|held| held.exact.is_none())
+                .iter()
+                .filter(|(held, _)| !held.is_exact())
                 .count()
                 >= max_wildcards
         {
@@ -692,7 +703,7 @@ impl Session {
                 format!("at most {max_wildcards} wildcard subscriptions per connection"),
             ));
         }
-        if let Some(other) = self.held.keys().find(|held| held.overlaps(&filter)) {
+        if let Some((other, _)) = self.held.iter().find(|(held, _)| held.overlaps(&filter)) {
             return Err(Refusal::new(
                 ErrorCode::SubscriptionOverlaps,
                 format!("`{filter}` overlaps the subscription `{other}`"),
@@ -701,9 +712,14 @@ impl Session {
         if self.inbox.is_none() {
             self.inbox = self.peer.open_queue();
         }
-        let cancel = self.ended.child_token();
+        // A child of the broker's shutdown, cancelled by `drop_subscription`
+        // (an unsubscribe, or the session's `Drop` for every one held), or
+        // by this guard if the subscription is refused, or the session
+        // dropped, before it is held.
+        let cancel = self.broker.shutdown_token().child_token();
+        let unheld = cancel.clone().drop_guard();
         let hub = self.broker.hub();
-        let (exact, outcome) = match filter.as_exact() {
+        let outcome = match filter.as_exact() {
             Some(topic) => {
                 let subscriber = Subscriber {
                     outbox: self
@@ -714,7 +730,7 @@ impl Session {
                     cancel: cancel.clone(),
                 };
                 let engine = Arc::clone(self.broker.engine());
-                let outcome = engine
+                engine
                     .subscribe(hub, &topic, subscriber, position)
                     .await
                     .map_err(|err| match err {
@@ -723,8 +739,7 @@ impl Session {
                             format!("`{topic}` is not stored, so it has no positions"),
                         ),
                         SubscribeError::Write(err) => write_refusal(&err),
-                    })?;
-                (Some(topic), outcome)
+                    })?
             }
             None => {
                 if position.is_some() {
@@ -741,7 +756,7 @@ impl Session {
                     hub.unsubscribe_wildcard(&filter, self.peer.id);
                     return Err(write_refusal(&err));
                 }
-                let outcome = SubscribeOutcome {
+                SubscribeOutcome {
                     stored: false,
                     epoch: 0,
                     last_offset: 0,
@@ -749,8 +764,7 @@ impl Session {
                     complete: true,
                     gap: None,
                     epoch_changed: false,
-                };
-                (None, outcome)
+                }
             }
         };
         let reply = sockeye_protocol::Subscribed {
@@ -764,12 +778,24 @@ impl Session {
             gap: outcome.gap,
             epoch_changed: outcome.epoch_changed,
         };
-        self.peer
-            .subscriptions
-            .lock()
-            .expect("no code panics while holding subscriptions")
-            .push(filter.to_string());
-        self.held.insert(filter, Held { exact, cancel });
+        {
+            let mut shown = self
+                .peer
+                .subscriptions
+                .lock()
+                .expect("no code panics while holding subscriptions");
+            // Grown from one slot, as `held` is (a first push reserves four).
+            if shown.len() == shown.capacity() {
+                let more = shown.len().max(1);
+                shown.reserve_exact(more);
+            }
+            shown.push(filter.to_string());
+        }
+        unheld.disarm();
+        if self.held.len() == self.held.capacity() {
+            self.held.reserve_exact(self.held.len().max(1));
+        }
+        self.held.push((filter, Held { cancel }));
         Stats::add(&self.broker.stats().subscriptions, 1);
         Ok(self.encode(&ServerMessage::Subscribed(reply)))
     }
@@ -777,8 +803,8 @@ impl Session {
     fn drop_subscription(&self, filter: &TopicFilter, held: &Held) {
         held.cancel.cancel();
         let hub = self.broker.hub();
-        match &held.exact {
-            Some(topic) => hub.unsubscribe_exact(topic, self.peer.id),
+        match filter.as_exact() {
+            Some(topic) => hub.unsubscribe_exact(&topic, self.peer.id),
             None => hub.unsubscribe_wildcard(filter, self.peer.id),
         }
         self.broker
@@ -792,12 +818,17 @@ impl Session {
         let max_topic = self.broker.config().limits.max_topic_length;
         let filter = TopicFilter::parse(text, max_topic)
             .map_err(|err| Refusal::new(ErrorCode::InvalidTopic, err.to_string()))?;
-        let held = self.held.remove(&filter).ok_or_else(|| {
-            Refusal::new(
-                ErrorCode::NotSubscribed,
-                format!("not subscribed to `{filter}`"),
-            )
-        })?;
+        let index = self
+            .held
+            .iter()
+            .position(|(held, _)| *held == filter)
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::NotSubscribed,
+                    format!("not subscribed to `{filter}`"),
+                )
+            })?;
+        let (_, held) = self.held.swap_remove(index);
         self.drop_subscription(&filter, &held);
         self.peer
             .subscriptions
@@ -911,7 +942,7 @@ impl Session {
     /// Sends the close frame (if any) and waits briefly for the client's
     /// reply; dropping the session then releases what the connection held,
     /// and the socket, asked to linger, drains what the client still sends.
-    async fn finish(mut self, ending: Ending) {
+    async fn finish(mut self: Box<Self>, ending: Ending) {
         let (code, reason, readable) = match ending {
             Ending::Close(code, reason) => (code, reason, true),
             Ending::Abort(code, reason) => (code, reason, false),
@@ -941,7 +972,6 @@ impl Session {
 /// future after catching it). The admission is dropped right after this.
 impl Drop for Session {
     fn drop(&mut self) {
-        self.ended.cancel();
         for (filter, held) in std::mem::take(&mut self.held) {
             self.drop_subscription(&filter, &held);
         }

@@ -20,11 +20,13 @@ use sockeye_protocol::{CloseCode, SUBPROTOCOL};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use crate::Broker;
+use crate::auth::Identity;
 use crate::auth::token_from_request;
 use crate::connection::Session;
 use crate::linger::{CloseLinger, LingeringIo};
+use crate::peer::Peer;
 use crate::stats::Stats;
+use crate::{Admission, Broker};
 
 /// The JSON body of a refused handshake.
 #[derive(Debug, serde::Serialize)]
@@ -121,12 +123,23 @@ async fn upgrade(
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
     let peer = admission.register(identity.subject.clone(), remote, user_agent);
+    let peer_id = peer.id;
+    let subject = identity.subject.clone();
     let linger = linger.map(|axum::Extension(linger)| linger);
     let max_frame = config.limits.max_frame_size.as_u64() as usize;
     let write_buffer = config.websocket.write_buffer.as_u64() as usize;
-    let tracker = broker.connection_tracker();
-    let session_broker = broker.clone();
-    let span = tracing::debug_span!("conn", id = %peer.id, %remote, sub = %identity.subject);
+    // Everything the session needs, in one box: the upgrade callback
+    // stays in axum's task future for the connection's whole life, so its
+    // captures should be one pointer, not the parts.
+    let pending = Box::new(PendingSession {
+        tracker: broker.connection_tracker(),
+        broker: broker.clone(),
+        admission,
+        peer,
+        identity,
+        linger,
+        span: tracing::debug_span!("conn", id = %peer_id, %remote, sub = %subject),
+    });
     let response = upgrade
         .protocols([SUBPROTOCOL])
         .read_buffer_size(config.websocket.read_buffer.as_u64() as usize)
@@ -139,12 +152,24 @@ async fn upgrade(
         .on_failed_upgrade(|error| tracing::debug!(cause = %error, "upgrade failed"))
         .on_upgrade(move |socket| {
             use tracing::Instrument;
+            let PendingSession {
+                tracker,
+                broker,
+                admission,
+                peer,
+                identity,
+                linger,
+                span,
+            } = *pending;
+            // Boxed outside the tracked future, which then holds a pointer
+            // to the session instead of its parts and the session both.
+            let session = Box::new(Session::new(
+                broker, admission, peer, socket, identity, linger,
+            ));
             tracker.track_future(
                 async move {
                     tracing::debug!("connected");
-                    Session::new(session_broker, admission, peer, socket, identity, linger)
-                        .run()
-                        .await;
+                    session.run().await;
                     tracing::debug!("disconnected");
                 }
                 .instrument(span),
@@ -152,6 +177,17 @@ async fn upgrade(
         });
     stats.handshake_latency.observe(started.elapsed());
     response
+}
+
+/// What the upgrade callback hands to the session it starts.
+struct PendingSession {
+    tracker: tokio_util::task::TaskTracker,
+    broker: Broker,
+    admission: Admission,
+    peer: Arc<Peer>,
+    identity: Identity,
+    linger: Option<CloseLinger>,
+    span: tracing::Span,
 }
 
 /// The client's address: the TCP peer, or, when the peer is a trusted

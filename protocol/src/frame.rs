@@ -126,9 +126,39 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Decompress> = RefCell::new(Decompress::new(false));
 }
 
+/// Room for the worst case of raw deflate at any level: level 1 (zlib-rs's
+/// `deflate_quick`) writes every literal with the fixed Huffman code, up to
+/// 9 bits per byte, so incompressible input grows by an eighth; the other
+/// levels fall back to stored blocks (5 bytes per 64 KiB). 64 bytes cover the
+/// block headers and the final bits.
+fn deflate_bound(len: usize) -> usize {
+    len + len / 8 + 64
+}
+
 /// Deflates `body` into a complete compressed frame (header included), or
 /// returns `None` when the result would not be smaller.
+///
+/// The output buffer always has room for the worst case. zlib-rs 0.6.8
+/// panics (`buf.len() must fit in remaining()`, in `deflate_quick`) when
+/// level 1 runs out of output space on incompressible input; with room for
+/// the whole result that path is never taken
+/// (the unit tests below send random payloads of 1 KiB to 1 MiB through
+/// every level, unguarded, and fail on any panic). Compression is optional,
+/// so should any compressor panic remain, it is caught here, the thread's
+/// compressor is dropped (its state is unknown) and the frame goes out
+/// uncompressed instead of ending the connection.
 fn deflate(body: &[u8], level: u32) -> Option<Vec<u8>> {
+    std::panic::catch_unwind(|| deflate_unguarded(body, level)).unwrap_or_else(|_| {
+        COMPRESSOR.with(|cell| {
+            if let Ok(mut slot) = cell.try_borrow_mut() {
+                *slot = None;
+            }
+        });
+        None
+    })
+}
+
+fn deflate_unguarded(body: &[u8], level: u32) -> Option<Vec<u8>> {
     let level = level.min(9);
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -143,12 +173,9 @@ fn deflate(body: &[u8], level: u32) -> Option<Vec<u8>> {
                 compress
             }
         };
-        // One call with room for the worst case (deflate's bound: stored
-        // blocks add 5 bytes per 16 KiB block), so the stream always
+        // One call with room for the worst case, so the stream always
         // finishes in one step; then keep it only if the frame shrank.
-        let limit = body.len() + 1;
-        let bound = body.len() + body.len() / 16_384 * 5 + 64;
-        let mut out = Vec::with_capacity(1 + bound);
+        let mut out = Vec::with_capacity(1 + deflate_bound(body.len()));
         out.push(FLAG_DEFLATE);
         let status = compress
             .compress_vec(body, &mut out, FlushCompress::Finish)
@@ -156,7 +183,14 @@ fn deflate(body: &[u8], level: u32) -> Option<Vec<u8>> {
         if status != Status::StreamEnd {
             return None;
         }
-        (out.len() < limit).then_some(out)
+        if out.len() > body.len() {
+            return None;
+        }
+        // The frame may wait in outbound queues, whose byte budget
+        // counts its length: give back the worst-case room (glibc
+        // shrinks in place).
+        out.shrink_to_fit();
+        Some(out)
     })
 }
 
@@ -182,7 +216,23 @@ pub fn open(frame: &Bytes, max_inflated: usize) -> Result<Bytes, DecodeError> {
     }
 }
 
+/// Inflates, turning a panic inside the decompressor (none is known; the
+/// unit tests feed it random streams unguarded) into a decode error, so
+/// hostile input can never panic a connection's task.
 fn inflate(compressed: &[u8], max_inflated: usize) -> Result<Vec<u8>, DecodeError> {
+    std::panic::catch_unwind(|| inflate_unguarded(compressed, max_inflated)).unwrap_or_else(|_| {
+        DECOMPRESSOR.with(|cell| {
+            if let Ok(mut decompress) = cell.try_borrow_mut() {
+                *decompress = Decompress::new(false);
+            }
+        });
+        Err(DecodeError::Inflate {
+            reason: "the decompressor failed on this stream".into(),
+        })
+    })
+}
+
+fn inflate_unguarded(compressed: &[u8], max_inflated: usize) -> Result<Vec<u8>, DecodeError> {
     // Output may grow to one byte past the limit, which proves the limit was
     // exceeded without ever allocating more.
     let cap = max_inflated.saturating_add(1);
@@ -224,4 +274,98 @@ fn inflate(compressed: &[u8], max_inflated: usize) -> Result<Vec<u8>, DecodeErro
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+    use super::*;
+
+    /// xorshift64: deterministic noise, which deflate cannot shrink.
+    fn noise(state: &mut u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                (*state >> 24) as u8
+            })
+            .collect()
+    }
+
+    const SIZES: [usize; 10] = [
+        1024,
+        1025,
+        2048,
+        4096,
+        16_384,
+        16_385,
+        65_536,
+        100_000,
+        262_144,
+        1 << 20,
+    ];
+
+    /// zlib-rs 0.6.8 panicked at level 1 on such payloads when the output
+    /// buffer was smaller than the deflated stream; the unguarded path is
+    /// called here, so a panic fails the test instead of being caught.
+    #[test]
+    fn random_payloads_never_panic_and_go_out_uncompressed() {
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for level in 0..=9 {
+            for size in SIZES {
+                let repeats = if size > 100_000 { 2 } else { 8 };
+                for _ in 0..repeats {
+                    let body = noise(&mut state, size);
+                    assert!(
+                        deflate_unguarded(&body, level).is_none(),
+                        "level {level}, {size} random bytes: deflate is not smaller"
+                    );
+                    let mut buf = FrameBuf::with_capacity(size);
+                    buf.body_mut().extend_from_slice(&body);
+                    let frame = buf.seal(&Compression {
+                        threshold: 0,
+                        level,
+                    });
+                    assert_eq!(frame[0], 0, "sent uncompressed");
+                    assert_eq!(&frame[1..], &body[..]);
+                }
+            }
+        }
+    }
+
+    /// Compressible payloads of the same sizes round-trip at every level,
+    /// also right after a random one on the same thread's compressor.
+    #[test]
+    fn compressible_payloads_round_trip_after_random_ones() {
+        let mut state = 0x2545_f491_4f6c_dd1d;
+        for level in 1..=9 {
+            for size in SIZES {
+                let _ = deflate_unguarded(&noise(&mut state, size), level);
+                let body: Vec<u8> = (0..size)
+                    .map(|i| b"sockeye "[i % 8] ^ (i / 97) as u8)
+                    .collect();
+                let frame = deflate_unguarded(&body, level).expect("text-like data shrinks");
+                assert_eq!(frame[0], FLAG_DEFLATE);
+                let opened = inflate_unguarded(&frame[1..], size).unwrap();
+                assert_eq!(opened, body, "level {level}, {size} bytes");
+            }
+        }
+    }
+
+    /// Random bytes claimed to be deflate are refused with an error (or, by
+    /// chance, inflate to something within the limit), never a panic.
+    #[test]
+    fn random_deflate_streams_are_errors_not_panics() {
+        let mut state = 0x1234_5678_9abc_def1;
+        for size in [1, 2, 7, 64, 1024, 65_536] {
+            for _ in 0..64 {
+                let stream = noise(&mut state, size);
+                if let Ok(body) = inflate_unguarded(&stream, 1 << 20) {
+                    assert!(body.len() <= 1 << 20);
+                }
+            }
+        }
+    }
 }
