@@ -122,6 +122,15 @@ pub(crate) struct RunArgs {
     /// Free text stored in the report (e.g. the broker's durability mode).
     #[arg(long)]
     pub(crate) label: Option<String>,
+    /// Which build of the target this is, when several builds of one target
+    /// are compared in one run (e.g. `before`, `after`): reports of different
+    /// variants are compared side by side, like different targets.
+    #[arg(long)]
+    pub(crate) variant: Option<String>,
+    /// Which repetition of its case this run is (from 1): ratios are taken
+    /// between runs of the same case and repetition, then their median.
+    #[arg(long, value_name = "N")]
+    pub(crate) repetition: Option<u32>,
     /// Spread connections over source addresses 127.0.0.1 ..= 127.0.0.N
     /// (each offers ~28k ephemeral ports); used for loopback targets only.
     #[arg(long, default_value_t = 16, value_name = "N")]

@@ -132,12 +132,7 @@ fn run_scenario(
             },
         )
         .await?;
-        let context = RunContext::new(
-            dialer,
-            args.broker_pid,
-            args.run_id.clone(),
-            args.label.clone(),
-        )?;
+        let context = RunContext::new(dialer, &args)?;
         tokio::time::timeout(args.deadline, scenario(&context))
             .await
             .with_context(|| format!("the run exceeded --deadline {:?}", args.deadline))?

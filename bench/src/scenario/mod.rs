@@ -24,9 +24,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 
+use crate::cli::RunArgs;
 use crate::client::{Dialer, Target};
 use crate::metrics::{self, ProcessSample, ProcessUsage};
-use crate::report::{Errors, Report, ratio};
+use crate::report::{Errors, GENERATOR_SATURATED_PERCENT, Report, ratio};
 use crate::wire::STAMP_LEN;
 
 /// What every scenario needs to run.
@@ -40,23 +41,26 @@ pub(crate) struct RunContext {
     pub(crate) run_id: String,
     /// `--label`.
     pub(crate) label: Option<String>,
+    /// `--variant`.
+    pub(crate) variant: Option<String>,
+    /// `--repetition`.
+    pub(crate) repetition: Option<u32>,
     /// When the run started, unix milliseconds.
     pub(crate) started_at_ms: u64,
 }
 
 impl RunContext {
-    /// A context; `run_id` defaults to the start time.
-    pub(crate) fn new(
-        dialer: Dialer,
-        broker_pid: Option<u32>,
-        run_id: Option<String>,
-        label: Option<String>,
-    ) -> anyhow::Result<Self> {
+    /// A context for the run `args` describe; the run id defaults to the
+    /// start time.
+    pub(crate) fn new(dialer: Dialer, args: &RunArgs) -> anyhow::Result<Self> {
         let started_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|elapsed| elapsed.as_millis() as u64)
             .unwrap_or(0);
-        let run_id = run_id.unwrap_or_else(|| started_at_ms.to_string());
+        let run_id = args
+            .run_id
+            .clone()
+            .unwrap_or_else(|| started_at_ms.to_string());
         let valid = !run_id.is_empty()
             && run_id
                 .bytes()
@@ -64,11 +68,22 @@ impl RunContext {
         if !valid {
             bail!("--run-id {run_id:?}: use only letters, digits, '_' and '-'");
         }
+        if let Some(variant) = &args.variant {
+            let valid = !variant.is_empty()
+                && variant
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                bail!("--variant {variant:?}: use only letters, digits, '_' and '-'");
+            }
+        }
         Ok(Self {
             dialer: Arc::new(dialer),
-            broker_pid,
+            broker_pid: args.broker_pid,
             run_id,
-            label,
+            label: args.label.clone(),
+            variant: args.variant.clone(),
+            repetition: args.repetition,
             started_at_ms,
         })
     }
@@ -158,6 +173,8 @@ impl Outcome {
             case: self.case,
             target: context.target().name().to_owned(),
             label: context.label.clone(),
+            variant: context.variant.clone(),
+            repetition: context.repetition,
             params: self.params,
             started_at_ms: context.started_at_ms,
             connections: self.connections,
@@ -173,6 +190,10 @@ impl Outcome {
             latency_us: self.latency_us,
             broker: self.usage.0,
             generator: self.usage.1,
+            generator_saturated: self
+                .usage
+                .1
+                .is_some_and(|usage| usage.cpu_percent >= GENERATOR_SATURATED_PERCENT),
             extra: self.extra,
             errors: self.errors.into_list(),
             ok,
