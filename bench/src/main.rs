@@ -21,6 +21,7 @@ mod report;
 mod scenario;
 mod summary;
 mod wire;
+mod ws;
 
 use std::process::ExitCode;
 

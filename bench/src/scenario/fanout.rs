@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::FutureExt;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -24,7 +23,7 @@ use tokio::task::JoinSet;
 use crate::cli::{PublishArgs, Rate};
 use crate::client::{Client, Event, Role};
 use crate::flow::Window;
-use crate::metrics::{Latencies, now_ns};
+use crate::metrics::{Latencies, LatencyBatch, ReceiveClock, now_ns};
 use crate::report::{Errors, Report};
 use crate::scenario::{Outcome, RunContext, payload_template, per_second};
 use crate::wire::Stamp;
@@ -270,10 +269,15 @@ async fn subscribe_loop(
 ) -> SubscriberTally {
     let mut tally = SubscriberTally::default();
     let mut next_seq = 0u64;
-    let mut handle = |event: anyhow::Result<Event>, tally: &mut SubscriberTally| -> bool {
+    let mut latencies = LatencyBatch::new(latencies);
+    let mut clock = ReceiveClock::default();
+    let mut handle = |event: anyhow::Result<Event>,
+                      tally: &mut SubscriberTally,
+                      clock: &mut ReceiveClock|
+     -> bool {
         match event {
             Ok(Event::Delivery(delivered)) => {
-                let now = now_ns();
+                let now = clock.now();
                 let stamp = delivered.stamp;
                 if stamp.stream != stream {
                     tally.errors.add("a message from another topic's publisher");
@@ -302,15 +306,20 @@ async fn subscribe_loop(
     };
     loop {
         tokio::select! {
+            // Biased: while frames keep coming, the stop signal is not
+            // polled (which would register with a channel every
+            // subscriber shares) for every wake-up.
+            biased;
             event = client.read_event() => {
-                if !handle(event, &mut tally) {
+                clock.woken();
+                if !handle(event, &mut tally, &mut clock) {
                     break;
                 }
-                // Take whatever else is already buffered without going
+                // Take whatever else is already received without going
                 // back through select!.
                 let mut open = true;
-                while let Some(event) = client.read_event().now_or_never() {
-                    if !handle(event, &mut tally) {
+                while let Some(event) = client.buffered_event() {
+                    if !handle(event, &mut tally, &mut clock) {
                         open = false;
                         break;
                     }
