@@ -20,11 +20,17 @@
 # bench/results/summary.md, the chart bench/results/chart.svg, and the results
 # section of docs/benchmarks.md.
 #
+# The cluster column (scenario 8) is a Redis (Debian's redis-server,
+# installed when missing; `appendonly yes`, `appendfsync everysec`, no RDB
+# snapshots) and three Sockeye nodes with `--engine redis`, all fresh per
+# run: subscribers on nodes 1 and 2, the publisher on node 3. Its cases run
+# on the single node too (sled), so the two share a row.
+#
 # Environment:
 #   BENCH_PROFILE      full (default) or quick
 #   BENCH_REPETITIONS  repetitions of every case (default 3)
 #   BENCH_DURATION     publishing time per run (default 5s; quick: 3s)
-#   BENCH_TARGETS      targets to run (default "sockeye baseline nats")
+#   BENCH_TARGETS      targets to run (default "sockeye baseline nats cluster")
 #   BENCH_CASES        run only these cases of the profile (space-separated
 #                      ids such as "fanout-n100-s100-max topics-p1000-s1
 #                      durable-k100-fsync"; the JSON files are named after them)
@@ -39,7 +45,8 @@
 #   BENCH_DOCS         markdown file whose results section is replaced
 #                      (default docs/benchmarks.md; set to "" to leave it alone)
 #   BENCH_PORT_BASE    first of the loopback ports used (default 39080):
-#                      sockeye +0, baseline +10, nats WebSocket +20, nats client +21
+#                      sockeye +0, baseline +10, nats WebSocket +20, nats client +21,
+#                      cluster: Redis +30, nodes +31, +32, +33
 #   BENCH_NO_BUILD=1   use the existing target/release binaries
 #
 # Every run is bounded: each generator run has --deadline and an outer
@@ -61,7 +68,7 @@ REPETITIONS=${BENCH_REPETITIONS:-3}
   echo "compare.sh: BENCH_REPETITIONS must be a positive number, not $REPETITIONS" >&2
   exit 2
 }
-TARGETS=${BENCH_TARGETS:-"sockeye baseline nats"}
+TARGETS=${BENCH_TARGETS:-"sockeye baseline nats cluster"}
 RESULTS=${BENCH_RESULTS:-$ROOT/bench/results}
 DOCS=${BENCH_DOCS-$ROOT/docs/benchmarks.md}
 PORT_BASE=${BENCH_PORT_BASE:-39080}
@@ -69,6 +76,8 @@ SOCKEYE_PORT=$PORT_BASE
 BASELINE_PORT=$((PORT_BASE + 10))
 NATS_WS_PORT=$((PORT_BASE + 20))
 NATS_PORT=$((PORT_BASE + 21))
+REDIS_PORT=$((PORT_BASE + 30))
+NODE_PORTS=($((PORT_BASE + 31)) $((PORT_BASE + 32)) $((PORT_BASE + 33)))
 CONFIG=$ROOT/bench/sockeye-bench.toml
 SOCKEYE=${BENCH_SOCKEYE:-$ROOT/target/release/sockeye}
 BENCH=$ROOT/target/release/sockeye-bench
@@ -107,7 +116,11 @@ for target in $TARGETS; do
       fi
       ;;
     baseline | nats) COLUMNS+=("$target") ;;
-    *) echo "compare.sh: unknown target $target (sockeye, baseline, nats)" >&2; exit 2 ;;
+    cluster)
+      COLUMNS+=("cluster")
+      BINARY_OF[cluster]=$SOCKEYE
+      ;;
+    *) echo "compare.sh: unknown target $target (sockeye, baseline, nats, cluster)" >&2; exit 2 ;;
   esac
 done
 for binary in "$BENCH" "${BINARY_OF[@]}"; do
@@ -123,14 +136,25 @@ if [[ " $TARGETS " == *" nats "* ]] && ! command -v nats-server >/dev/null; then
   apt-get install -y nats-server || { apt-get update && apt-get install -y nats-server; }
 fi
 
+if [[ " $TARGETS " == *" cluster "* ]] && ! command -v redis-server >/dev/null; then
+  log "installing redis-server from Debian"
+  apt-get install -y redis-server || { apt-get update && apt-get install -y redis-server; }
+fi
+
 WORK=$(mktemp -d /tmp/sockeye-compare.XXXXXX)
+# The target's processes: TARGET_PID is the one whose URL publishers use
+# (the generator's --broker-pid); EXTRA_PIDS are the cluster's others.
 TARGET_PID=""
+EXTRA_PIDS=()
 cleanup() {
-  if [[ -n "$TARGET_PID" ]] && kill -0 "$TARGET_PID" 2>/dev/null; then
-    kill -TERM "$TARGET_PID" 2>/dev/null || true
-    sleep 1
-    kill -KILL "$TARGET_PID" 2>/dev/null || true
-  fi
+  local pid
+  for pid in $TARGET_PID "${EXTRA_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  sleep 1
+  for pid in $TARGET_PID "${EXTRA_PIDS[@]}"; do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -153,6 +177,8 @@ export BENCH_TOKEN
 BENCH_TOKEN=$("$TOKEN_MINTER" token --config "$CONFIG" --data-dir "$WORK/token" --sub bench --ttl 24h)
 
 target_of() { echo "${1%%:*}"; }
+# What the generator's --target is: the cluster is Sockeye too.
+generator_target_of() { [[ "$1" == cluster ]] && echo sockeye || echo "$1"; }
 variant_of() { [[ "$1" == *:* ]] && echo "${1#*:}" || true; }
 
 port_of() {
@@ -160,6 +186,7 @@ port_of() {
     sockeye) echo "$SOCKEYE_PORT" ;;
     baseline) echo "$BASELINE_PORT" ;;
     nats) echo "$NATS_WS_PORT" ;;
+    cluster) echo "${NODE_PORTS[2]}" ;;
   esac
 }
 
@@ -171,6 +198,53 @@ url_of() {
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_listening PORT PID LOG: until PORT accepts, or fail with the log.
+wait_listening() {
+  local port=$1 pid=$2 log_file=$3
+  for _ in $(seq 100); do
+    if port_open "$port"; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then break; fi
+    sleep 0.2
+  done
+  echo "compare.sh: the process on port $port did not start; its log:" >&2
+  cat "$log_file" >&2
+  exit 1
+}
+
+# start_cluster LOG_PREFIX: Redis and three nodes; sets TARGET_PID (node 3)
+# and EXTRA_PIDS (nodes 1 and 2, Redis).
+start_cluster() {
+  local prefix=$1 port
+  for port in "$REDIS_PORT" "${NODE_PORTS[@]}"; do
+    if port_open "$port"; then
+      echo "compare.sh: port $port is already in use; set BENCH_PORT_BASE" >&2
+      exit 2
+    fi
+  done
+  mkdir -p "$WORK/redis"
+  # AOF with a background fsync every second, as a cluster would run; no
+  # RDB snapshots (a fork in the middle of a run).
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly yes \
+    --appendfsync everysec --dir "$WORK/redis" --protected-mode yes \
+    >"$prefix-redis.log" 2>&1 &
+  local redis_pid=$!
+  EXTRA_PIDS=("$redis_pid")
+  wait_listening "$REDIS_PORT" "$redis_pid" "$prefix-redis.log"
+  local node pids=()
+  for node in 0 1 2; do
+    RUST_LOG=warn SOCKEYE_ENGINE__REDIS__NODE_NAME="bench-$node" "${BINARY_OF[cluster]}" serve \
+      --config "$CONFIG" --data-dir "$WORK/node-$node" --listen "127.0.0.1:${NODE_PORTS[$node]}" \
+      --engine redis --redis-url "redis://127.0.0.1:$REDIS_PORT" >"$prefix-node-$node.log" 2>&1 &
+    pids+=($!)
+    EXTRA_PIDS+=($!)
+  done
+  for node in 0 1 2; do
+    wait_listening "${NODE_PORTS[$node]}" "${pids[$node]}" "$prefix-node-$node.log"
+  done
+  TARGET_PID=${pids[2]}
+  EXTRA_PIDS=("${pids[0]}" "${pids[1]}" "$redis_pid")
+}
 
 # start_target COLUMN [VAR=value ...]: a fresh process; sets TARGET_PID.
 RUN_INDEX=0
@@ -186,6 +260,10 @@ start_target() {
   fi
   RUN_INDEX=$((RUN_INDEX + 1))
   local log_file="$WORK/$target-$RUN_INDEX.log"
+  if [[ "$target" == cluster ]]; then
+    start_cluster "$WORK/cluster-$RUN_INDEX"
+    return 0
+  fi
   case "$target" in
     sockeye)
       env "$@" RUST_LOG=warn "${BINARY_OF[$column]}" serve --config "$CONFIG" \
@@ -212,20 +290,37 @@ start_target() {
 
 stop_target() {
   [[ -n "$TARGET_PID" ]] || return 0
-  kill -TERM "$TARGET_PID" 2>/dev/null || true
-  for _ in $(seq 50); do
-    kill -0 "$TARGET_PID" 2>/dev/null || break
-    sleep 0.2
+  local pid pids=("$TARGET_PID" "${EXTRA_PIDS[@]}")
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
   done
-  kill -KILL "$TARGET_PID" 2>/dev/null || true
-  wait "$TARGET_PID" 2>/dev/null || true
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   TARGET_PID=""
+  EXTRA_PIDS=()
   # A fresh store per run, and no disk filling up over a long run.
-  rm -rf "$WORK/sockeye-data"
+  rm -rf "$WORK/sockeye-data" "$WORK/redis" "$WORK"/node-*
 }
 
 # supports CASE TARGET: whether the target can run the case.
 supports() {
+  case "$1" in
+    # Through Redis: the cluster only.
+    *-redis) [[ "$2" == cluster ]] ;;
+    # A stored topic, on one node (sled) and on the cluster.
+    cluster-*) [[ "$2" == sockeye || "$2" == cluster ]] ;;
+    # The cluster runs only the cases above.
+    *) [[ "$2" != cluster ]] && supports_single "$1" "$2" ;;
+  esac
+}
+
+supports_single() {
   case "$1" in
     durable-* | resume-*) [[ "$2" == sockeye ]] ;;
     # nats-server never compresses: "plain" rows exist to compare with it.
@@ -236,8 +331,8 @@ supports() {
 
 # run CASE COLUMN REPETITION: one run of a case on a fresh target. The case
 # id says what to run (fanout-n<N>-s<S>-max[-plain], fanout-n<N>-s<S>-<R>k,
-# topics-p<P>-s<S>, idle-c<C>, churn-k<K>, durable-k<K>-fsync|interval,
-# resume-m<M>). A run that is not ok still writes its report (ok: false) and
+# topics-p<P>-s<S>, idle-c<C>, churn-k<K>, durable-k<K>-fsync|interval|redis,
+# resume-m<M>, cluster-n<N>-s<S>-max, cluster-n<N>-s<S>-<R>k). A run that is not ok still writes its report (ok: false) and
 # the comparison goes on.
 FAILED=0
 run() {
@@ -246,7 +341,15 @@ run() {
   target=$(target_of "$column")
   variant=$(variant_of "$column")
   local env_vars=() args=()
-  if [[ "$id" =~ ^fanout-n([0-9]+)-s([0-9]+)-max(-plain)?$ ]]; then
+  if [[ "$id" =~ ^cluster-n([0-9]+)-s([0-9]+)-(max|([0-9]+)k)$ ]]; then
+    scenario=cluster
+    local rate=max
+    [[ -z "${BASH_REMATCH[4]}" ]] || rate="${BASH_REMATCH[4]}000"
+    args=(--subscribers "${BASH_REMATCH[1]}" --size "${BASH_REMATCH[2]}" --rate "$rate" --duration "$DURATION")
+  elif [[ "$id" =~ ^durable-k([0-9]+)-redis$ ]]; then
+    scenario=durable
+    args=(--publishers "${BASH_REMATCH[1]}" --duration "$DURATION" --label redis)
+  elif [[ "$id" =~ ^fanout-n([0-9]+)-s([0-9]+)-max(-plain)?$ ]]; then
     scenario=fanout
     args=(--subscribers "${BASH_REMATCH[1]}" --size "${BASH_REMATCH[2]}" --rate max --duration "$DURATION")
     if [[ -n "${BASH_REMATCH[3]}" ]]; then
@@ -281,7 +384,18 @@ run() {
   [[ -z "$variant" ]] || args+=(--variant "$variant")
   log "repetition $repetition/$REPETITIONS: $id on $column ($((SECONDS - STARTED)) s so far)"
   start_target "$column" "${env_vars[@]}"
-  if ! timeout --kill-after=10 "$RUN_LIMIT" "$BENCH" "$scenario" --target "$target" \
+  if [[ "$target" == cluster ]]; then
+    # Subscribers on nodes 1 and 2, publishers on node 3; the CPU and
+    # memory figures are the sum of the three nodes and Redis.
+    args+=(--variant redis-3-nodes)
+    if [[ "$scenario" == cluster ]]; then
+      args+=(--subscriber-url "ws://127.0.0.1:${NODE_PORTS[0]}/ws"
+        --subscriber-url "ws://127.0.0.1:${NODE_PORTS[1]}/ws")
+    fi
+    local pid
+    for pid in "${EXTRA_PIDS[@]}"; do args+=(--also-pid "$pid"); done
+  fi
+  if ! timeout --kill-after=10 "$RUN_LIMIT" "$BENCH" "$scenario" --target "$(generator_target_of "$target")" \
       --url "$(url_of "$target")" --broker-pid "$TARGET_PID" --deadline "$((RUN_LIMIT - 10))s" \
       --repetition "$repetition" --json "$RESULTS/$id-${column/:/-}-r$repetition.json" "${args[@]}"; then
     echo "compare.sh: $id on $column (repetition $repetition) failed" >&2
@@ -294,7 +408,8 @@ if [[ "$PROFILE" == quick ]]; then
   # The cases of issue 14's targets, at 100 B: fan-out with one, 100 and
   # 1,000 subscribers, latency with one, many topics, durable acks, memory.
   PROFILE_CASES="fanout-n1-s100-max fanout-n100-s100-max fanout-n1000-s100-max
-    fanout-n1-s100-100k topics-p1000-s1 topics-p100-s10 idle-c1000 durable-k100-fsync"
+    fanout-n1-s100-100k topics-p1000-s1 topics-p100-s10 idle-c1000 durable-k100-fsync
+    cluster-n100-s100-max cluster-n100-s100-100k durable-k100-redis"
 else
   PROFILE_CASES=""
   # Scenario 1: fan-out at max rate; 1 KiB and 16 KiB also uncompressed
@@ -314,6 +429,8 @@ else
   # Scenarios 2, 3, 6, 4 and 5.
   PROFILE_CASES+=" topics-p100-s10 topics-p1000-s1 idle-c1000 idle-c10000 idle-c19000 churn-k32"
   PROFILE_CASES+=" durable-k100-fsync durable-k100-interval resume-m10000 resume-m100000"
+  # Scenario 8: the cluster next to one node, and acks through Redis.
+  PROFILE_CASES+=" cluster-n100-s100-max cluster-n1000-s100-max cluster-n100-s100-100k durable-k100-redis"
 fi
 CASES=${BENCH_CASES:-$PROFILE_CASES}
 for id in $CASES; do
@@ -351,7 +468,9 @@ $VARIANTS Machine: $(nproc) cores (${MODEL:-unknown CPU}), \
 $(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}') memory, Linux $(uname -r), \
 load average $LOAD_BEFORE before the run and $(cut -d' ' -f1-3 /proc/loadavg) after; \
 $(rustc --version 2>/dev/null || echo rustc unknown); \
-$(command -v nats-server >/dev/null && nats-server --version 2>/dev/null || echo "nats-server not installed"). \
+$(command -v nats-server >/dev/null && nats-server --version 2>/dev/null || echo "nats-server not installed"); \
+$(command -v redis-server >/dev/null && redis-server --version 2>/dev/null | cut -d' ' -f1-3 || echo "redis-server not installed") \
+(cluster: \`appendonly yes\`, \`appendfsync everysec\`, three nodes and Redis on the same machine). \
 Broker and generator share the machine."
 report_args=(--results "$RESULTS" --markdown "$RESULTS/summary.md" --svg "$RESULTS/chart.svg" --preamble "$PREAMBLE")
 if [[ -n "$DOCS" ]]; then report_args+=(--docs "$DOCS"); fi

@@ -254,6 +254,18 @@ pub(crate) struct ProcessUsage {
     pub(crate) peak_rss_kib: u64,
 }
 
+impl ProcessUsage {
+    /// Adds another process's usage over the same interval (a system under
+    /// test of several processes); `pid` stays the first one's.
+    pub(crate) fn add(&mut self, other: &ProcessUsage) {
+        self.cpu_seconds += other.cpu_seconds;
+        self.cpu_percent += other.cpu_percent;
+        self.rss_before_kib += other.rss_before_kib;
+        self.rss_after_kib += other.rss_after_kib;
+        self.peak_rss_kib += other.peak_rss_kib;
+    }
+}
+
 /// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`.
 pub(crate) fn sample(pid: u32) -> anyhow::Result<ProcessSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -252,6 +252,14 @@ pub(crate) fn groups(reports: &[Report]) -> Vec<Group<'_>> {
             ("resume", _) => ("Resume (scenario 5)", Headline::ReplaySeconds),
             ("churn", _) => ("Connection churn (scenario 6)", Headline::Rate),
             ("wildcard", _) => ("Wildcard flood: round trips (scenario 7)", Headline::P99),
+            ("cluster", false) => (
+                "Cluster: one stored topic, subscribers on two nodes (scenario 8)",
+                Headline::Rate,
+            ),
+            ("cluster", true) => (
+                "Cluster at a fixed rate: latency (scenario 8)",
+                Headline::P99,
+            ),
             _ => ("Other", Headline::Rate),
         };
         let group = match groups.iter_mut().position(|group| group.title == title) {

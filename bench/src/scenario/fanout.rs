@@ -103,9 +103,11 @@ pub(crate) async fn run(context: &RunContext, plan: FanoutPlan) -> anyhow::Resul
 
     // Every subscriber is connected and subscribed before anything is published.
     let mut setup = JoinSet::new();
+    let mut subscriber_index = 0;
     for (stream, topic) in topics.iter().enumerate() {
         for _ in 0..per_topic {
-            let dialer = Arc::clone(&context.dialer);
+            let dialer = Arc::clone(context.subscriber_dialer(subscriber_index));
+            subscriber_index += 1;
             let topic = topic.clone();
             setup.spawn(async move {
                 let mut client = dialer.open(Role::Subscriber).await?;
@@ -210,6 +212,15 @@ pub(crate) async fn run(context: &RunContext, plan: FanoutPlan) -> anyhow::Resul
             human_size(publish.size.0),
             publish.rate
         ),
+        // Stored: every publish takes an offset from the engine (sled, or
+        // Redis's script in a cluster). The node count is a parameter, not
+        // part of the case, so a single node and a cluster share a row.
+        "cluster" => format!(
+            "1->{} x {}, stored topic, {}",
+            per_topic,
+            human_size(publish.size.0),
+            publish.rate
+        ),
         _ => format!(
             "{}x(1->{}) x {}, {}",
             publishers,
@@ -233,6 +244,7 @@ pub(crate) async fn run(context: &RunContext, plan: FanoutPlan) -> anyhow::Resul
             "duration_s": publish.duration.as_secs_f64(),
             "max_messages": publish.max_messages,
             "window": window,
+            "subscriber_endpoints": context.subscriber_endpoints(),
         }),
         connections: u64::from(publishers) * (per_topic + 1),
         elapsed_s,
