@@ -32,7 +32,8 @@
 #                    alternate between them
 #   INSTR_REPEAT     measurements per case and target (default 2), to show
 #                    how well the count repeats
-#   INSTR_PORT       loopback port of the targets (default 39280)
+#   INSTR_PORT       loopback port of the targets (default 29280, below the
+#                    ephemeral range, which outgoing connections draw from)
 #   INSTR_KEEP       a directory to keep the callgrind files in (for
 #                    callgrind_annotate); default: deleted at the end
 #
@@ -49,7 +50,7 @@ CONFIG=$ROOT/bench/sockeye-bench.toml
 TARGETS=${INSTR_TARGETS:-"sockeye baseline"}
 CASES=${INSTR_CASES:-"fanout-n1 topics-p1000-s1"}
 REPEAT=${INSTR_REPEAT:-2}
-PORT=${INSTR_PORT:-39280}
+PORT=${INSTR_PORT:-29280}
 RUN_LIMIT=900
 
 COLUMNS=()
