@@ -36,6 +36,10 @@ pub(crate) enum Command {
     Churn(ChurnArgs),
     /// Scenario 7: a wildcard-filter flood, and a healthy client's round trips (Sockeye only).
     Wildcard(WildcardArgs),
+    /// Scenario 8: one publisher, N subscribers on one stored topic (Sockeye
+    /// only); with --subscriber-url, the subscribers on other nodes of a
+    /// cluster than the publisher's --url.
+    Cluster(FanoutArgs),
     /// Run the minimal tokio-tungstenite broadcaster (the baseline target).
     Baseline(BaselineArgs),
     /// Turn a directory of JSON results into a markdown table and an SVG chart.
@@ -116,12 +120,32 @@ pub(crate) struct RunArgs {
     /// PID of the target process: its CPU time and RSS are reported.
     #[arg(long, value_name = "PID")]
     pub(crate) broker_pid: Option<u32>,
+    /// Another process of the system under test (a cluster's other nodes,
+    /// its Redis), repeatable: its CPU time and RSS are added to
+    /// --broker-pid's.
+    #[arg(long = "also-pid", value_name = "PID", requires = "broker_pid")]
+    pub(crate) also_pids: Vec<u32>,
+    /// WebSocket URL for subscribers, repeatable (fanout, topics, cluster):
+    /// subscribers are spread over these in turn, and only publishers use
+    /// --url; e.g. subscribers on two nodes of a cluster, the publisher on
+    /// a third.
+    #[arg(long = "subscriber-url", value_name = "URL")]
+    pub(crate) subscriber_urls: Vec<String>,
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub(crate) json: Option<PathBuf>,
     /// Free text stored in the report (e.g. the broker's durability mode).
     #[arg(long)]
     pub(crate) label: Option<String>,
+    /// Which build of the target this is, when several builds of one target
+    /// are compared in one run (e.g. `before`, `after`): reports of different
+    /// variants are compared side by side, like different targets.
+    #[arg(long)]
+    pub(crate) variant: Option<String>,
+    /// Which repetition of its case this run is (from 1): ratios are taken
+    /// between runs of the same case and repetition, then their median.
+    #[arg(long, value_name = "N")]
+    pub(crate) repetition: Option<u32>,
     /// Spread connections over source addresses 127.0.0.1 ..= 127.0.0.N
     /// (each offers ~28k ephemeral ports); used for loopback targets only.
     #[arg(long, default_value_t = 16, value_name = "N")]

@@ -16,22 +16,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
-use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use sockeye_protocol::{
     ClientMessage, Compression, Payload, Position, SUBPROTOCOL, ServerMessage, Subscribed, frame,
 };
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 use crate::nats::{self, NatsOp, NatsReader};
 use crate::wire::{self, Stamp};
+use crate::ws::{WsConfig, WsError, WsStream};
 
 /// Largest body a compressed frame may inflate to on the generator side.
 const MAX_INFLATED: usize = 64 << 20;
@@ -88,9 +82,9 @@ pub(crate) struct DialSettings {
     pub(crate) concurrency: usize,
     /// Time allowed for one connect plus handshake plus greeting.
     pub(crate) timeout: Duration,
-    /// tungstenite read buffer per connection.
+    /// WebSocket read buffer per connection.
     pub(crate) read_buffer: usize,
-    /// tungstenite write buffer of publishers (subscribers write eagerly).
+    /// WebSocket write buffer of publishers (subscribers write eagerly).
     pub(crate) write_buffer: usize,
 }
 
@@ -100,6 +94,10 @@ pub(crate) struct Dialer {
     target: Target,
     settings: DialSettings,
     addr: SocketAddr,
+    /// `host:port` of the URL, for the `Host` header.
+    host: String,
+    /// Path and query of the URL.
+    path: String,
     sources: Vec<IpAddr>,
     next_source: AtomicUsize,
     gate: Semaphore,
@@ -112,7 +110,10 @@ impl Dialer {
             .url
             .strip_prefix("ws://")
             .with_context(|| format!("{}: only ws:// URLs are supported", settings.url))?;
-        let host_port = authority.split('/').next().unwrap_or(authority);
+        let (host_port, path) = match authority.find('/') {
+            Some(slash) => (&authority[..slash], &authority[slash..]),
+            None => (authority, "/"),
+        };
         let addr = tokio::net::lookup_host(host_port)
             .await
             .with_context(|| format!("cannot resolve {host_port}"))?
@@ -129,6 +130,8 @@ impl Dialer {
         Ok(Self {
             target,
             gate: Semaphore::new(settings.concurrency.max(1)),
+            host: host_port.to_owned(),
+            path: path.to_owned(),
             settings,
             addr,
             sources,
@@ -204,35 +207,34 @@ impl Dialer {
             .with_context(|| format!("cannot connect to {}", self.addr))?;
         stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
 
-        let mut url = self.settings.url.clone();
+        let mut path = self.path.clone();
         if let (Target::Baseline, Role::Publisher(topic)) = (self.target, role) {
-            url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str("publish=");
-            url.push_str(topic);
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str("publish=");
+            path.push_str(topic);
         }
-        let mut request = url.as_str().into_client_request()?;
+        let bearer;
+        let mut headers: Vec<(&str, &str)> = Vec::new();
         if self.target.speaks_sockeye_frames() {
-            request.headers_mut().insert(
-                SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static(SUBPROTOCOL),
-            );
+            headers.push(("Sec-WebSocket-Protocol", SUBPROTOCOL));
         }
         if let (Target::Sockeye, Some(token)) = (self.target, &self.settings.token) {
-            let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .context("the token is not a valid header value")?;
-            request.headers_mut().insert(AUTHORIZATION, value);
+            if token.bytes().any(|b| b.is_ascii_control()) {
+                bail!("the token is not a valid header value");
+            }
+            bearer = format!("Bearer {token}");
+            headers.push(("Authorization", &bearer));
         }
         let write_buffer = match role {
             Role::Publisher(_) => self.settings.write_buffer,
             Role::Subscriber => 0,
         };
-        let config = WebSocketConfig::default()
-            .read_buffer_size(self.settings.read_buffer)
-            .write_buffer_size(write_buffer)
-            .max_write_buffer_size(write_buffer + (32 << 20))
-            .max_message_size(Some(MAX_INFLATED))
-            .max_frame_size(Some(MAX_INFLATED));
-        let (ws, _response) = client_async_with_config(request, stream, Some(config))
+        let config = WsConfig {
+            read_buffer: self.settings.read_buffer,
+            write_buffer,
+            max_message: MAX_INFLATED,
+        };
+        let ws = WsStream::handshake(stream, &self.host, &path, &headers, config)
             .await
             .map_err(describe_handshake_error)?;
         let mut client = Client {
@@ -262,16 +264,9 @@ impl std::fmt::Display for Refused {
 impl std::error::Error for Refused {}
 
 /// Names the HTTP status and body of a refused handshake.
-fn describe_handshake_error(err: tungstenite::Error) -> anyhow::Error {
-    if let tungstenite::Error::Http(response) = &err {
-        let body = response
-            .body()
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default()
-            .into_owned();
-        let status = response.status();
-        return Refused(format!("handshake refused: HTTP {status} {body}")).into();
+fn describe_handshake_error(err: WsError) -> anyhow::Error {
+    if let WsError::Refused { .. } = &err {
+        return Refused(err.to_string()).into();
     }
     anyhow::Error::new(err).context("WebSocket handshake failed")
 }
@@ -334,7 +329,7 @@ pub(crate) struct SubscribeInfo {
 /// An open, greeted connection.
 #[derive(Debug)]
 pub(crate) struct Client {
-    ws: WebSocketStream<TcpStream>,
+    ws: WsStream,
     target: Target,
     /// The NATS byte stream across frames.
     nats: NatsReader,
@@ -368,7 +363,7 @@ impl Client {
                     _ => {}
                 }
             }
-            self.send(Message::Binary(nats::connect_command())).await?;
+            self.send(nats::connect_command()).await?;
             loop {
                 match self.next_nats_op().await? {
                     NatsOp::Pong => return Ok(()),
@@ -393,8 +388,7 @@ impl Client {
     ) -> anyhow::Result<SubscribeInfo> {
         if !self.target.speaks_sockeye_frames() {
             let sid = self.next_id();
-            self.send(Message::Binary(nats::subscribe_command(topic, sid)))
-                .await?;
+            self.send(nats::subscribe_command(topic, sid)).await?;
             loop {
                 match self.read_event().await? {
                     Event::Pong => return Ok(SubscribeInfo::default()),
@@ -410,8 +404,7 @@ impl Client {
             topic: topic.to_owned(),
             position,
         };
-        self.send(Message::Binary(request.encode_frame(&self.compression)))
-            .await?;
+        self.send(request.encode_frame(&self.compression)).await?;
         loop {
             match self.read_event().await? {
                 Event::Subscribed(reply) if reply.id == id => {
@@ -433,15 +426,15 @@ impl Client {
     }
 
     /// Encodes one publish. Returns the request id (Sockeye frames only) and
-    /// the WebSocket message to write.
+    /// the binary WebSocket message to write.
     pub(crate) fn publish_message(
         &mut self,
         topic: &str,
         data: &[u8],
         ack: bool,
-    ) -> (Option<u64>, Message) {
+    ) -> (Option<u64>, Bytes) {
         if !self.target.speaks_sockeye_frames() {
-            return (None, Message::Binary(nats::publish_command(topic, data)));
+            return (None, nats::publish_command(topic, data));
         }
         let id = self.next_id();
         let request = ClientMessage::Publish {
@@ -451,15 +444,13 @@ impl Client {
             ack,
         };
         let plain = request.encode_frame(&Compression::OFF);
-        (
-            Some(id),
-            Message::Binary(compress_frame(plain, &self.compression)),
-        )
+        (Some(id), compress_frame(plain, &self.compression))
     }
 
-    /// Buffers a message for sending (written at the latest by [`Client::flush`]).
-    pub(crate) async fn feed(&mut self, message: Message) -> anyhow::Result<()> {
-        self.ws.feed(message).await.context("write failed")
+    /// Buffers a binary message for sending (written at the latest by
+    /// [`Client::flush`]).
+    pub(crate) async fn feed(&mut self, message: Bytes) -> anyhow::Result<()> {
+        self.ws.feed(&message).await.context("write failed")
     }
 
     /// Writes everything buffered.
@@ -467,9 +458,9 @@ impl Client {
         self.ws.flush().await.context("write failed")
     }
 
-    /// Writes one message now.
-    pub(crate) async fn send(&mut self, message: Message) -> anyhow::Result<()> {
-        self.ws.send(message).await.context("write failed")
+    /// Writes one binary message now.
+    pub(crate) async fn send(&mut self, message: Bytes) -> anyhow::Result<()> {
+        self.ws.send(&message).await.context("write failed")
     }
 
     /// The next event. Cancel-safe: nothing read is lost if the future is
@@ -481,61 +472,84 @@ impl Client {
         if self.target.speaks_sockeye_frames() {
             loop {
                 let frame = self
-                    .next_frame()
-                    .await?
+                    .ws
+                    .next()
+                    .await
+                    .map_err(read_error)?
                     .context("the target closed the connection")?;
-                if let Some(event) = sockeye_event(&frame)? {
+                if let Some(event) = sockeye_event(frame)? {
                     return Ok(event);
                 }
             }
         }
-        Ok(match self.next_nats_op().await? {
-            NatsOp::Msg { payload } => Event::Delivery(Delivered {
-                stamp: Stamp::read(&payload).context("a NATS message without a stamp")?,
-                epoch: 0,
-                offset: 0,
-            }),
-            NatsOp::Pong => Event::Pong,
-            NatsOp::Err(reason) => Event::Failed { id: None, reason },
-            NatsOp::Info | NatsOp::Ok | NatsOp::Ping => Event::Other,
-        })
+        let op = self.next_nats_op().await?;
+        nats_event(op, &self.nats)
+    }
+
+    /// The next event among the frames already received, without reading
+    /// the socket (so without waiting): `None` when none is complete. A
+    /// subscriber drains these after each wake-up instead of going back
+    /// through `select!` for every delivery.
+    pub(crate) fn buffered_event(&mut self) -> Option<anyhow::Result<Event>> {
+        if let Some(event) = self.queued.pop_front() {
+            return Some(Ok(event));
+        }
+        if self.target.speaks_sockeye_frames() {
+            loop {
+                let frame = match self.ws.next_buffered() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return None,
+                    Err(err) => return Some(Err(read_error(err))),
+                };
+                match sockeye_event(frame) {
+                    Ok(Some(event)) => return Some(Ok(event)),
+                    Ok(None) => {}
+                    Err(err) => return Some(Err(err)),
+                }
+            }
+        }
+        loop {
+            match self.nats.next_op() {
+                Ok(Some(op)) => {
+                    // A PONG owed is written by the next read_event.
+                    if op == NatsOp::Ping {
+                        self.pong_owed = true;
+                    }
+                    return Some(nats_event(op, &self.nats));
+                }
+                Ok(None) => {}
+                Err(err) => return Some(Err(err.into())),
+            }
+            match self.ws.next_buffered() {
+                Ok(Some(frame)) => self.nats.push(frame),
+                Ok(None) => return None,
+                Err(err) => return Some(Err(read_error(err))),
+            }
+        }
     }
 
     /// Sends a close frame and waits (briefly) for the target to close.
-    pub(crate) async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
+    pub(crate) async fn close(self) {
+        self.ws.close(Duration::from_secs(2)).await;
     }
 
-    /// The next binary frame's bytes, or `None` once closed. Pings are
-    /// answered by tungstenite; a close frame ends the stream with an error
-    /// that names its code.
+    /// The next binary frame's bytes (a copy), or `None` once closed; a
+    /// close frame is an error that names its code. Only for the few frames
+    /// of a greeting: deliveries are parsed in place by
+    /// [`Client::read_event`].
     async fn next_frame(&mut self) -> anyhow::Result<Option<Bytes>> {
-        loop {
-            match self.ws.next().await {
-                None => return Ok(None),
-                Some(Err(tungstenite::Error::ConnectionClosed)) => return Ok(None),
-                Some(Err(err)) => return Err(anyhow::Error::new(err).context("read failed")),
-                Some(Ok(Message::Binary(frame))) => return Ok(Some(frame)),
-                Some(Ok(Message::Close(close))) => {
-                    let reason = close
-                        .map(|frame| format!("{} {}", u16::from(frame.code), frame.reason))
-                        .unwrap_or_else(|| "without a code".into());
-                    bail!("the target closed the connection: {reason}");
-                }
-                Some(Ok(Message::Text(_))) => bail!("unexpected text frame"),
-                Some(Ok(_)) => {}
-            }
-        }
+        Ok(self
+            .ws
+            .next()
+            .await
+            .map_err(read_error)?
+            .map(Bytes::copy_from_slice))
     }
 
     async fn next_nats_op(&mut self) -> anyhow::Result<NatsOp> {
         loop {
             if self.pong_owed {
-                self.send(Message::Binary(nats::pong_command())).await?;
+                self.send(nats::pong_command()).await?;
                 self.pong_owed = false;
             }
             if let Some(op) = self.nats.next_op()? {
@@ -545,17 +559,42 @@ impl Client {
                 return Ok(op);
             }
             let frame = self
-                .next_frame()
-                .await?
+                .ws
+                .next()
+                .await
+                .map_err(read_error)?
                 .context("nats-server closed the connection")?;
             self.nats.push(frame);
         }
     }
 }
 
+/// A read error as the scenarios report it: a close by the target names
+/// its code and reason.
+fn read_error(err: WsError) -> anyhow::Error {
+    match err {
+        WsError::Closed { .. } => anyhow::anyhow!("{err}"),
+        other => anyhow::Error::new(other).context("read failed"),
+    }
+}
+
+/// Turns a NATS operation just read by `reader` into an event.
+fn nats_event(op: NatsOp, reader: &NatsReader) -> anyhow::Result<Event> {
+    Ok(match op {
+        NatsOp::Msg => Event::Delivery(Delivered {
+            stamp: Stamp::read(reader.payload()).context("a NATS message without a stamp")?,
+            epoch: 0,
+            offset: 0,
+        }),
+        NatsOp::Pong => Event::Pong,
+        NatsOp::Err(reason) => Event::Failed { id: None, reason },
+        NatsOp::Info | NatsOp::Ok | NatsOp::Ping => Event::Other,
+    })
+}
+
 /// Turns one Sockeye-format frame into an event; `None` for frames that
 /// matter to no scenario.
-fn sockeye_event(frame: &Bytes) -> anyhow::Result<Option<Event>> {
+fn sockeye_event(frame: &[u8]) -> anyhow::Result<Option<Event>> {
     match frame.first() {
         Some(0) => body_event(&frame[1..]),
         Some(&frame::FLAG_DEFLATE) => INFLATER.with(|inflater| {

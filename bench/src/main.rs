@@ -1,7 +1,7 @@
 //! `sockeye-bench`: the load generator and benchmark tools.
 //!
 //! - Scenario subcommands (`fanout`, `topics`, `idle`, `durable`, `resume`,
-//!   `churn`, `wildcard`) drive a target over the network (Sockeye, nats-server over
+//!   `churn`, `wildcard`, `cluster`) drive a target over the network (Sockeye, nats-server over
 //!   WebSocket, or the baseline), print a table and write a JSON report.
 //! - `baseline` runs the minimal tokio-tungstenite broadcaster.
 //! - `report` turns a directory of JSON reports into markdown tables, an SVG
@@ -21,6 +21,7 @@ mod report;
 mod scenario;
 mod summary;
 mod wire;
+mod ws;
 
 use std::process::ExitCode;
 
@@ -89,20 +90,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Idle(args) => run_scenario(args.run.clone(), |context| {
-            Box::pin(async move { scenario::idle::run(context, &args).await })
+            Box::pin(async move {
+                context.require_one_url("idle")?;
+                scenario::idle::run(context, &args).await
+            })
         }),
         Command::Durable(args) => run_scenario(args.run.clone(), |context| {
-            Box::pin(async move { scenario::durable::run(context, &args).await })
+            Box::pin(async move {
+                context.require_one_url("durable")?;
+                scenario::durable::run(context, &args).await
+            })
         }),
         Command::Resume(args) => run_scenario(args.run.clone(), |context| {
-            Box::pin(async move { scenario::resume::run(context, &args).await })
+            Box::pin(async move {
+                context.require_one_url("resume")?;
+                scenario::resume::run(context, &args).await
+            })
         }),
         Command::Churn(args) => run_scenario(args.run.clone(), |context| {
-            Box::pin(async move { scenario::churn::run(context, &args).await })
+            Box::pin(async move {
+                context.require_one_url("churn")?;
+                scenario::churn::run(context, &args).await
+            })
         }),
         Command::Wildcard(args) => run_scenario(args.run.clone(), |context| {
-            Box::pin(async move { scenario::wildcard::run(context, &args).await })
+            Box::pin(async move {
+                context.require_one_url("wildcard")?;
+                scenario::wildcard::run(context, &args).await
+            })
         }),
+        Command::Cluster(args) => {
+            let plan = FanoutPlan {
+                scenario: "cluster",
+                publishers: 1,
+                subscribers: args.subscribers,
+                publish: args.publish,
+            };
+            run_scenario(args.run, |context| {
+                Box::pin(async move {
+                    context.require_sockeye("cluster")?;
+                    scenario::fanout::run(context, plan).await
+                })
+            })
+        }
     }
 }
 
@@ -119,25 +149,21 @@ fn run_scenario(
     raise_open_file_limit();
     let runtime = runtime(args.threads)?;
     let report = runtime.block_on(async {
-        let dialer = Dialer::new(
-            args.target,
-            DialSettings {
-                url: args.url.clone(),
-                token: args.token.clone(),
-                source_addresses: args.source_addresses,
-                concurrency: args.connect_concurrency,
-                timeout: args.connect_timeout,
-                read_buffer: args.read_buffer.0,
-                write_buffer: args.write_buffer.0,
-            },
-        )
-        .await?;
-        let context = RunContext::new(
-            dialer,
-            args.broker_pid,
-            args.run_id.clone(),
-            args.label.clone(),
-        )?;
+        let settings = |url: &str| DialSettings {
+            url: url.to_owned(),
+            token: args.token.clone(),
+            source_addresses: args.source_addresses,
+            concurrency: args.connect_concurrency,
+            timeout: args.connect_timeout,
+            read_buffer: args.read_buffer.0,
+            write_buffer: args.write_buffer.0,
+        };
+        let dialer = Dialer::new(args.target, settings(&args.url)).await?;
+        let mut subscriber_dialers = Vec::with_capacity(args.subscriber_urls.len());
+        for url in &args.subscriber_urls {
+            subscriber_dialers.push(Dialer::new(args.target, settings(url)).await?);
+        }
+        let context = RunContext::new(dialer, subscriber_dialers, &args)?;
         tokio::time::timeout(args.deadline, scenario(&context))
             .await
             .with_context(|| format!("the run exceeded --deadline {:?}", args.deadline))?

@@ -4,12 +4,12 @@
 //!
 //! nats-server sends binary WebSocket frames that may hold several protocol
 //! operations or only part of one, so incoming frames are parsed as one byte
-//! stream: [`NatsReader`] keeps the unfinished tail of a frame and parses the
-//! rest in place, without copying a frame that holds only whole operations.
+//! stream: [`NatsReader`] gathers the frames' bytes and parses whole
+//! operations out of them.
 
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 /// Longest control line accepted (nats-server's own default is 4 KiB); a
 /// longer one means the stream is not NATS.
@@ -20,11 +20,9 @@ const MAX_CONTROL_LINE: usize = 64 * 1024;
 pub(crate) enum NatsOp {
     /// `INFO {json}`: the server's greeting.
     Info,
-    /// `MSG <subject> <sid> [reply-to] <#bytes>` and its payload.
-    Msg {
-        /// The payload bytes.
-        payload: Bytes,
-    },
+    /// `MSG <subject> <sid> [reply-to] <#bytes>` and its payload, which
+    /// [`NatsReader::payload`] returns.
+    Msg,
     /// `PING`: must be answered with `PONG`.
     Ping,
     /// `PONG`: the answer to our `PING`.
@@ -50,49 +48,48 @@ impl std::error::Error for NatsProtocolError {}
 /// Reassembles operations from WebSocket frames.
 #[derive(Debug, Default)]
 pub(crate) struct NatsReader {
-    /// Bytes received but not yet parsed (an unfinished operation).
-    pending: BytesMut,
-    /// A frame being parsed in place, and how far.
-    current: Bytes,
+    /// Bytes received; `buf[pos..]` is not parsed yet.
+    buf: Vec<u8>,
+    pos: usize,
+    /// Where the payload of the last `MSG` returned is in `buf`.
+    payload: Range<usize>,
 }
 
 impl NatsReader {
     /// Adds the contents of one WebSocket frame. Call only when
     /// [`NatsReader::next_op`] returned `Ok(None)`.
-    pub(crate) fn push(&mut self, frame: Bytes) {
-        if self.pending.is_empty() && self.current.is_empty() {
-            self.current = frame;
-        } else {
-            self.pending.extend_from_slice(&self.current);
-            self.current = Bytes::new();
-            self.pending.extend_from_slice(&frame);
+    pub(crate) fn push(&mut self, frame: &[u8]) {
+        // Keep only the unfinished operation (usually nothing, or a few bytes).
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
         }
+        self.buf.extend_from_slice(frame);
     }
 
     /// The next complete operation, or `None` if more bytes are needed.
     pub(crate) fn next_op(&mut self) -> Result<Option<NatsOp>, NatsProtocolError> {
-        if self.pending.is_empty() {
-            // Fast path: parse whole operations straight out of the frame.
-            match parse(&self.current)? {
-                Some((op, used)) => {
-                    let op = op.resolve(&self.current);
-                    bytes::Buf::advance(&mut self.current, used);
-                    return Ok(Some(op));
-                }
-                None => {
-                    self.pending.extend_from_slice(&self.current);
-                    self.current = Bytes::new();
-                    return Ok(None);
-                }
+        let Some((op, used)) = parse(&self.buf[self.pos..])? else {
+            return Ok(None);
+        };
+        let op = match op {
+            RawOp::Msg(range) => {
+                self.payload = self.pos + range.start..self.pos + range.end;
+                NatsOp::Msg
             }
-        }
-        match parse(&self.pending)? {
-            Some((op, used)) => {
-                let consumed = self.pending.split_to(used).freeze();
-                Ok(Some(op.resolve(&consumed)))
-            }
-            None => Ok(None),
-        }
+            RawOp::Info => NatsOp::Info,
+            RawOp::Ping => NatsOp::Ping,
+            RawOp::Pong => NatsOp::Pong,
+            RawOp::Ok => NatsOp::Ok,
+            RawOp::Err(text) => NatsOp::Err(text),
+        };
+        self.pos += used;
+        Ok(Some(op))
+    }
+
+    /// The payload of the last [`NatsOp::Msg`] returned (until the next push).
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.buf[self.payload.clone()]
     }
 }
 
@@ -104,21 +101,6 @@ enum RawOp {
     Pong,
     Ok,
     Err(String),
-}
-
-impl RawOp {
-    fn resolve(self, buf: &Bytes) -> NatsOp {
-        match self {
-            RawOp::Info => NatsOp::Info,
-            RawOp::Msg(range) => NatsOp::Msg {
-                payload: buf.slice(range),
-            },
-            RawOp::Ping => NatsOp::Ping,
-            RawOp::Pong => NatsOp::Pong,
-            RawOp::Ok => NatsOp::Ok,
-            RawOp::Err(text) => NatsOp::Err(text),
-        }
-    }
 }
 
 /// Parses one operation at the start of `buf`: the operation and how many
@@ -141,10 +123,8 @@ fn parse(buf: &[u8]) -> Result<Option<(RawOp, usize)>, NatsProtocolError> {
             .split(|b| *b == b' ' || *b == b'\t')
             .rfind(|part| !part.is_empty())
             .ok_or_else(|| NatsProtocolError("MSG without arguments".into()))?;
-        let size: usize = std::str::from_utf8(size_text)
-            .ok()
-            .and_then(|text| text.parse().ok())
-            .ok_or_else(|| NatsProtocolError("MSG with a bad size".into()))?;
+        let size =
+            parse_size(size_text).ok_or_else(|| NatsProtocolError("MSG with a bad size".into()))?;
         let end = after_line
             .checked_add(size)
             .and_then(|end| end.checked_add(2))
@@ -174,7 +154,27 @@ fn parse(buf: &[u8]) -> Result<Option<(RawOp, usize)>, NatsProtocolError> {
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|pair| pair == b"\r\n")
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'\n', &buf[from..]) {
+        let newline = from + at;
+        if newline > 0 && buf[newline - 1] == b'\r' {
+            return Some(newline - 1);
+        }
+        from = newline + 1;
+    }
+    None
+}
+
+/// A decimal byte count.
+fn parse_size(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 12 {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |size, digit| {
+        digit
+            .is_ascii_digit()
+            .then(|| size * 10 + usize::from(digit - b'0'))
+    })
 }
 
 /// `CONNECT` with the options the generator needs, then a `PING` whose
@@ -212,10 +212,16 @@ pub(crate) fn pong_command() -> Bytes {
 mod tests {
     use super::*;
 
-    fn drain(reader: &mut NatsReader) -> Vec<NatsOp> {
+    /// Every operation parsed so far, with `MSG` payloads as text.
+    fn drain(reader: &mut NatsReader) -> Vec<(NatsOp, String)> {
         let mut ops = Vec::new();
         while let Some(op) = reader.next_op().unwrap() {
-            ops.push(op);
+            let payload = if op == NatsOp::Msg {
+                String::from_utf8(reader.payload().to_vec()).unwrap()
+            } else {
+                String::new()
+            };
+            ops.push((op, payload));
         }
         ops
     }
@@ -223,21 +229,17 @@ mod tests {
     #[test]
     fn parses_several_operations_in_one_frame() {
         let mut reader = NatsReader::default();
-        reader.push(Bytes::from_static(
+        reader.push(
             b"INFO {\"server_id\":\"x\"}\r\nPING\r\nMSG a.b 1 5\r\nhello\r\nMSG a.b 1 _INBOX.r 3\r\nabc\r\n+OK\r\n",
-        ));
+        );
         assert_eq!(
             drain(&mut reader),
             vec![
-                NatsOp::Info,
-                NatsOp::Ping,
-                NatsOp::Msg {
-                    payload: Bytes::from_static(b"hello")
-                },
-                NatsOp::Msg {
-                    payload: Bytes::from_static(b"abc")
-                },
-                NatsOp::Ok,
+                (NatsOp::Info, String::new()),
+                (NatsOp::Ping, String::new()),
+                (NatsOp::Msg, "hello".into()),
+                (NatsOp::Msg, "abc".into()),
+                (NatsOp::Ok, String::new()),
             ]
         );
     }
@@ -247,18 +249,16 @@ mod tests {
         let stream: &[u8] = b"MSG s 9 4\r\n\r\n\r\n\r\nPONG\r\n-ERR 'Slow Consumer'\r\n";
         for cut in 0..stream.len() {
             let mut reader = NatsReader::default();
-            reader.push(Bytes::copy_from_slice(&stream[..cut]));
+            reader.push(&stream[..cut]);
             let mut ops = drain(&mut reader);
-            reader.push(Bytes::copy_from_slice(&stream[cut..]));
+            reader.push(&stream[cut..]);
             ops.extend(drain(&mut reader));
             assert_eq!(
                 ops,
                 vec![
-                    NatsOp::Msg {
-                        payload: Bytes::from_static(b"\r\n\r\n")
-                    },
-                    NatsOp::Pong,
-                    NatsOp::Err("'Slow Consumer'".into()),
+                    (NatsOp::Msg, "\r\n\r\n".into()),
+                    (NatsOp::Pong, String::new()),
+                    (NatsOp::Err("'Slow Consumer'".into()), String::new()),
                 ],
                 "cut at {cut}"
             );
@@ -268,13 +268,16 @@ mod tests {
     #[test]
     fn rejects_garbage_instead_of_waiting_for_ever() {
         let mut reader = NatsReader::default();
-        reader.push(Bytes::from_static(b"HELLO world\r\n"));
+        reader.push(b"HELLO world\r\n");
         assert!(reader.next_op().is_err());
         let mut reader = NatsReader::default();
-        reader.push(Bytes::from_static(b"MSG a 1 2\r\nabcd\r\n"));
+        reader.push(b"MSG a 1 2\r\nabcd\r\n");
         assert!(reader.next_op().is_err());
         let mut reader = NatsReader::default();
-        reader.push(Bytes::from(vec![b'x'; MAX_CONTROL_LINE + 1]));
+        reader.push(b"MSG a 1 -2\r\nab\r\n");
+        assert!(reader.next_op().is_err());
+        let mut reader = NatsReader::default();
+        reader.push(&vec![b'x'; MAX_CONTROL_LINE + 1]);
         assert!(reader.next_op().is_err());
     }
 

@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Percentiles, ProcessUsage};
 
+/// Generator CPU, in percent of one core, at or above which a run is flagged
+/// as generator-bound: broker and generator share the machine's cores, so on
+/// the reference machine (2 cores) one core is the generator's share, and a
+/// generator that used all of it may be what limited the run.
+pub(crate) const GENERATOR_SATURATED_PERCENT: f64 = 90.0;
+
 /// Errors kept per run (each with its count); more distinct ones are counted
 /// but not listed.
 const MAX_DISTINCT_ERRORS: usize = 20;
@@ -25,6 +31,13 @@ pub(crate) struct Report {
     pub(crate) target: String,
     /// Free text from `--label` (e.g. the broker's durability mode).
     pub(crate) label: Option<String>,
+    /// The build of the target (`--variant`, e.g. `before`), when several
+    /// builds of one target are compared.
+    #[serde(default)]
+    pub(crate) variant: Option<String>,
+    /// Which repetition of its case this run is (`--repetition`, from 1).
+    #[serde(default)]
+    pub(crate) repetition: Option<u32>,
     /// The scenario's parameters as given.
     pub(crate) params: serde_json::Value,
     /// When the run started, unix milliseconds.
@@ -58,6 +71,10 @@ pub(crate) struct Report {
     pub(crate) broker: Option<ProcessUsage>,
     /// The generator itself over the measured phase.
     pub(crate) generator: Option<ProcessUsage>,
+    /// The generator used at least [`GENERATOR_SATURATED_PERCENT`] of one
+    /// core over the measured phase: the run may measure the generator.
+    #[serde(default)]
+    pub(crate) generator_saturated: bool,
     /// Scenario-specific figures (idle: bytes per connection; resume: replay
     /// seconds; ...).
     pub(crate) extra: BTreeMap<String, f64>,
@@ -174,6 +191,12 @@ impl Report {
         if let Some(label) = &self.label {
             rows.push(("label".into(), label.clone()));
         }
+        if let Some(variant) = &self.variant {
+            rows.push(("variant".into(), variant.clone()));
+        }
+        if let Some(repetition) = self.repetition {
+            rows.push(("repetition".into(), repetition.to_string()));
+        }
         rows.push(("connections".into(), self.connections.to_string()));
         rows.push(("elapsed".into(), format!("{:.2} s", self.elapsed_s)));
         rows.push((self.rate_unit.clone(), human_rate(self.rate_per_s)));
@@ -210,11 +233,14 @@ impl Report {
         }
         for (who, usage) in [("broker", &self.broker), ("generator", &self.generator)] {
             if let Some(usage) = usage {
+                let saturated = who == "generator" && self.generator_saturated;
                 rows.push((
                     format!("{who} cpu"),
                     format!(
-                        "{:.0}% of one core ({:.2} s)",
-                        usage.cpu_percent, usage.cpu_seconds
+                        "{:.0}% of one core ({:.2} s){}",
+                        usage.cpu_percent,
+                        usage.cpu_seconds,
+                        if saturated { ", saturated" } else { "" }
                     ),
                 ));
                 rows.push((

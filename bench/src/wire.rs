@@ -97,31 +97,34 @@ impl std::fmt::Display for ScanError {
 impl std::error::Error for ScanError {}
 
 /// Scans a frame body (a MessagePack map) for the fields in [`FrameView`].
+///
+/// This runs once per delivery on the generator, so it is written for the
+/// shapes the targets send: keys are short strings, numbers are small.
 pub(crate) fn scan(body: &[u8]) -> Result<FrameView, ScanError> {
-    let mut pos = 0;
-    let entries = match read_container_len(body, &mut pos)? {
+    let mut reader = Reader { body, pos: 0 };
+    let entries = match reader.container()? {
         Some((Container::Map, len)) => len,
         _ => return Err(ScanError::NotAMap),
     };
     let mut view = FrameView::default();
     for _ in 0..entries {
-        let key = read_str(body, &mut pos)?.ok_or(ScanError::NotAMap)?;
-        let value_start = pos;
+        let key = reader.str()?.ok_or(ScanError::NotAMap)?;
+        let value_start = reader.pos;
         match &body[key] {
-            b"type" => view.kind = Some(read_str(body, &mut pos)?.ok_or(ScanError::Invalid)?),
-            b"id" => view.id = read_uint(body, &mut pos)?,
-            b"epoch" => view.epoch = read_uint(body, &mut pos)?,
-            b"offset" => view.offset = read_uint(body, &mut pos)?,
+            b"type" => view.kind = Some(reader.str()?.ok_or(ScanError::Invalid)?),
+            b"id" => view.id = reader.uint()?,
+            b"epoch" => view.epoch = reader.uint()?,
+            b"offset" => view.offset = reader.uint()?,
             b"payload" => {
-                skip_value(body, &mut pos, 0)?;
-                view.payload = Some(value_start..pos);
+                reader.skip_value(0)?;
+                view.payload = Some(value_start..reader.pos);
             }
-            _ => skip_value(body, &mut pos, 0)?,
+            _ => reader.skip_value(0)?,
         }
         // A value read as one type but encoded as another (say, `id: nil`)
         // was not consumed: skip it now.
-        if pos == value_start {
-            skip_value(body, &mut pos, 0)?;
+        if reader.pos == value_start {
+            reader.skip_value(0)?;
         }
     }
     Ok(view)
@@ -151,139 +154,162 @@ enum Container {
     Array,
 }
 
-fn take<'a>(body: &'a [u8], pos: &mut usize, n: usize) -> Result<&'a [u8], ScanError> {
-    let end = pos.checked_add(n).ok_or(ScanError::Truncated)?;
-    let slice = body.get(*pos..end).ok_or(ScanError::Truncated)?;
-    *pos = end;
-    Ok(slice)
+/// A position in a body being scanned.
+struct Reader<'a> {
+    body: &'a [u8],
+    pos: usize,
 }
 
-fn be_uint(body: &[u8], pos: &mut usize, n: usize) -> Result<u64, ScanError> {
-    Ok(take(body, pos, n)?
-        .iter()
-        .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte)))
-}
+impl Reader<'_> {
+    /// The byte at the position, not consumed.
+    #[inline]
+    fn peek(&self) -> Result<u8, ScanError> {
+        self.body.get(self.pos).copied().ok_or(ScanError::Truncated)
+    }
 
-fn marker(body: &[u8], pos: usize) -> Result<u8, ScanError> {
-    body.get(pos).copied().ok_or(ScanError::Truncated)
-}
-
-fn read_container_len(body: &[u8], pos: &mut usize) -> Result<Option<(Container, u64)>, ScanError> {
-    let byte = marker(body, *pos)?;
-    let found = match byte {
-        0x80..=0x8f => (Container::Map, u64::from(byte & 0x0f), 0),
-        0x90..=0x9f => (Container::Array, u64::from(byte & 0x0f), 0),
-        0xdc => (Container::Array, 0, 2),
-        0xdd => (Container::Array, 0, 4),
-        0xde => (Container::Map, 0, 2),
-        0xdf => (Container::Map, 0, 4),
-        _ => return Ok(None),
-    };
-    *pos += 1;
-    let (kind, short, width) = found;
-    let len = if width == 0 {
-        short
-    } else {
-        be_uint(body, pos, width)?
-    };
-    Ok(Some((kind, len)))
-}
-
-/// Reads a string and returns its byte range, or `None` (consuming nothing)
-/// if the value is not a string.
-fn read_str(body: &[u8], pos: &mut usize) -> Result<Option<Range<usize>>, ScanError> {
-    let byte = marker(body, *pos)?;
-    let (width, short) = match byte {
-        0xa0..=0xbf => (0, usize::from(byte & 0x1f)),
-        0xd9 => (1, 0),
-        0xda => (2, 0),
-        0xdb => (4, 0),
-        _ => return Ok(None),
-    };
-    *pos += 1;
-    let len = if width == 0 {
-        short
-    } else {
-        usize::try_from(be_uint(body, pos, width)?).map_err(|_| ScanError::Truncated)?
-    };
-    let start = *pos;
-    take(body, pos, len)?;
-    Ok(Some(start..*pos))
-}
-
-/// Reads a non-negative integer in any width, or `None` (consuming nothing)
-/// if the value is not one.
-fn read_uint(body: &[u8], pos: &mut usize) -> Result<Option<u64>, ScanError> {
-    let byte = marker(body, *pos)?;
-    let width = match byte {
-        0x00..=0x7f => {
-            *pos += 1;
-            return Ok(Some(u64::from(byte)));
+    /// Moves past `n` bytes that must be there.
+    #[inline]
+    fn advance(&mut self, n: usize) -> Result<(), ScanError> {
+        if self.body.len() - self.pos < n {
+            return Err(ScanError::Truncated);
         }
-        0xcc | 0xd0 => 1,
-        0xcd | 0xd1 => 2,
-        0xce | 0xd2 => 4,
-        0xcf | 0xd3 => 8,
-        _ => return Ok(None),
-    };
-    let signed = byte >= 0xd0;
-    let mut probe = *pos + 1;
-    let value = be_uint(body, &mut probe, width)?;
-    let negative = signed && (value >> (width * 8 - 1)) & 1 == 1;
-    if negative {
-        return Ok(None);
+        self.pos += n;
+        Ok(())
     }
-    *pos = probe;
-    Ok(Some(value))
-}
 
-/// Skips one complete value of any type.
-fn skip_value(body: &[u8], pos: &mut usize, depth: usize) -> Result<(), ScanError> {
-    if depth > MAX_DEPTH {
-        return Err(ScanError::Invalid);
+    /// A big-endian unsigned integer of `n` (1, 2, 4 or 8) bytes.
+    #[inline]
+    fn be_uint(&mut self, n: usize) -> Result<u64, ScanError> {
+        let start = self.pos;
+        self.advance(n)?;
+        Ok(self.body[start..self.pos]
+            .iter()
+            .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte)))
     }
-    if let Some((kind, len)) = read_container_len(body, pos)? {
-        let items = match kind {
-            Container::Map => len.saturating_mul(2),
-            Container::Array => len,
+
+    /// A length of `n` bytes, as `usize`.
+    #[inline]
+    fn be_len(&mut self, n: usize) -> Result<usize, ScanError> {
+        usize::try_from(self.be_uint(n)?).map_err(|_| ScanError::Truncated)
+    }
+
+    /// A map or array header, or `None` (consuming nothing) for other values.
+    fn container(&mut self) -> Result<Option<(Container, u64)>, ScanError> {
+        let byte = self.peek()?;
+        let (kind, len) = match byte {
+            0x80..=0x8f => (Container::Map, u64::from(byte & 0x0f)),
+            0x90..=0x9f => (Container::Array, u64::from(byte & 0x0f)),
+            0xdc..=0xdf => {
+                self.pos += 1;
+                let kind = if byte >= 0xde {
+                    Container::Map
+                } else {
+                    Container::Array
+                };
+                let width = if byte & 1 == 0 { 2 } else { 4 };
+                return Ok(Some((kind, self.be_uint(width)?)));
+            }
+            _ => return Ok(None),
         };
-        for _ in 0..items {
-            skip_value(body, pos, depth + 1)?;
-        }
-        return Ok(());
+        self.pos += 1;
+        Ok(Some((kind, len)))
     }
-    let byte = marker(body, *pos)?;
-    *pos += 1;
-    let (width, fixed) = match byte {
-        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
-        0xa0..=0xbf => (0, usize::from(byte & 0x1f)),
-        0xcc | 0xd0 => (0, 1),
-        0xcd | 0xd1 => (0, 2),
-        0xca | 0xce | 0xd2 => (0, 4),
-        0xcb | 0xcf | 0xd3 => (0, 8),
-        0xd4 => (0, 2),
-        0xd5 => (0, 3),
-        0xd6 => (0, 5),
-        0xd7 => (0, 9),
-        0xd8 => (0, 17),
-        0xc4 | 0xd9 => (1, 0),
-        0xc5 | 0xda => (2, 0),
-        0xc6 | 0xdb => (4, 0),
-        // ext 8/16/32: a length, then a type byte and the data.
-        0xc7 => (1, 1),
-        0xc8 => (2, 1),
-        0xc9 => (4, 1),
-        _ => return Err(ScanError::Invalid),
-    };
-    let len = if width == 0 {
-        fixed
-    } else {
-        let declared =
-            usize::try_from(be_uint(body, pos, width)?).map_err(|_| ScanError::Truncated)?;
-        declared.checked_add(fixed).ok_or(ScanError::Truncated)?
-    };
-    take(body, pos, len)?;
-    Ok(())
+
+    /// A string's byte range, or `None` (consuming nothing) for other values.
+    #[inline]
+    fn str(&mut self) -> Result<Option<Range<usize>>, ScanError> {
+        let byte = self.peek()?;
+        let len = match byte {
+            0xa0..=0xbf => {
+                self.pos += 1;
+                usize::from(byte & 0x1f)
+            }
+            0xd9..=0xdb => {
+                self.pos += 1;
+                self.be_len(1 << (byte - 0xd9))?
+            }
+            _ => return Ok(None),
+        };
+        let start = self.pos;
+        self.advance(len)?;
+        Ok(Some(start..self.pos))
+    }
+
+    /// A non-negative integer in any width, or `None` (consuming nothing)
+    /// for other values, negative ones included.
+    fn uint(&mut self) -> Result<Option<u64>, ScanError> {
+        let byte = self.peek()?;
+        let width = match byte {
+            0x00..=0x7f => {
+                self.pos += 1;
+                return Ok(Some(u64::from(byte)));
+            }
+            0xcc | 0xd0 => 1,
+            0xcd | 0xd1 => 2,
+            0xce | 0xd2 => 4,
+            0xcf | 0xd3 => 8,
+            _ => return Ok(None),
+        };
+        let start = self.pos;
+        self.pos += 1;
+        let value = match self.be_uint(width) {
+            Ok(value) => value,
+            Err(err) => {
+                self.pos = start;
+                return Err(err);
+            }
+        };
+        let negative = byte >= 0xd0 && (value >> (width * 8 - 1)) & 1 == 1;
+        if negative {
+            self.pos = start;
+            return Ok(None);
+        }
+        Ok(Some(value))
+    }
+
+    /// Moves past one complete value of any type.
+    fn skip_value(&mut self, depth: usize) -> Result<(), ScanError> {
+        let byte = self.peek()?;
+        self.pos += 1;
+        let len = match byte {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 0,
+            0xa0..=0xbf => usize::from(byte & 0x1f),
+            0xc4 | 0xd9 => self.be_len(1)?,
+            0xc5 | 0xda => self.be_len(2)?,
+            0xc6 | 0xdb => self.be_len(4)?,
+            0xcc | 0xd0 => 1,
+            0xcd | 0xd1 | 0xd4 => 2,
+            0xd5 => 3,
+            0xca | 0xce | 0xd2 => 4,
+            0xd6 => 5,
+            0xcb | 0xcf | 0xd3 => 8,
+            0xd7 => 9,
+            0xd8 => 17,
+            // ext 8/16/32: a length, then a type byte and the data.
+            0xc7 => self.be_len(1)?.checked_add(1).ok_or(ScanError::Truncated)?,
+            0xc8 => self.be_len(2)?.checked_add(1).ok_or(ScanError::Truncated)?,
+            0xc9 => self.be_len(4)?.checked_add(1).ok_or(ScanError::Truncated)?,
+            0x80..=0x9f | 0xdc..=0xdf => {
+                if depth >= MAX_DEPTH {
+                    return Err(ScanError::Invalid);
+                }
+                self.pos -= 1;
+                let Some((kind, len)) = self.container()? else {
+                    return Err(ScanError::Invalid);
+                };
+                let items = match kind {
+                    Container::Map => len.saturating_mul(2),
+                    Container::Array => len,
+                };
+                for _ in 0..items {
+                    self.skip_value(depth + 1)?;
+                }
+                return Ok(());
+            }
+            _ => return Err(ScanError::Invalid),
+        };
+        self.advance(len)
+    }
 }
 
 #[cfg(test)]

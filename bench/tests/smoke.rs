@@ -458,6 +458,33 @@ fn sockeye_runs_every_scenario_and_the_report_summarises_them() {
     );
     assert_eq!(resume["expected"], 500);
     assert!(resume["extra"]["replay_seconds"].as_f64().unwrap() > 0.0);
+    // Scenario 8 on one node: a stored topic, the subscribers spread over
+    // two --subscriber-url (here the same node twice; compare.sh points
+    // them at two cluster nodes).
+    let cluster = scenario(
+        &target,
+        results.path(),
+        "cluster",
+        &[
+            "--subscribers",
+            "4",
+            "--max-messages",
+            "300",
+            "--duration",
+            "1s",
+            "--subscriber-url",
+            &target.url,
+            "--subscriber-url",
+            &target.url,
+            "--also-pid",
+            &target.process.pid(),
+        ],
+    );
+    assert_eq!(cluster["params"]["subscriber_endpoints"], 2);
+    assert!(
+        cluster["case"].as_str().unwrap().contains("stored topic"),
+        "{cluster:#}"
+    );
     // 4 x 16 filters over 6 segments: the 7 with more than 4 `*` are
     // refused by the broker's default shape limit, the rest accepted.
     let wildcard = scenario(
@@ -583,6 +610,41 @@ fn a_bad_token_or_an_unsupported_scenario_fails_with_a_clear_message() {
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("only --target sockeye supports it"),
+        "{output:?}"
+    );
+    // The cluster scenario needs stored topics.
+    let output = run_bench(
+        &[
+            "cluster".into(),
+            "--target".into(),
+            "baseline".into(),
+            "--url".into(),
+            baseline.url.clone(),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("only --target sockeye supports it"),
+        "{output:?}"
+    );
+    // Only scenarios that have subscribers take --subscriber-url.
+    let output = run_bench(
+        &[
+            "durable".into(),
+            "--target".into(),
+            "baseline".into(),
+            "--url".into(),
+            baseline.url.clone(),
+            "--subscriber-url".into(),
+            baseline.url.clone(),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("--subscriber-url is for fanout, topics and cluster, not for durable"),
         "{output:?}"
     );
 }

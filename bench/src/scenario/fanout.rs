@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::FutureExt;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -24,7 +23,7 @@ use tokio::task::JoinSet;
 use crate::cli::{PublishArgs, Rate};
 use crate::client::{Client, Event, Role};
 use crate::flow::Window;
-use crate::metrics::{Latencies, now_ns};
+use crate::metrics::{Latencies, LatencyBatch, ReceiveClock, now_ns};
 use crate::report::{Errors, Report};
 use crate::scenario::{Outcome, RunContext, payload_template, per_second};
 use crate::wire::Stamp;
@@ -104,9 +103,11 @@ pub(crate) async fn run(context: &RunContext, plan: FanoutPlan) -> anyhow::Resul
 
     // Every subscriber is connected and subscribed before anything is published.
     let mut setup = JoinSet::new();
+    let mut subscriber_index = 0;
     for (stream, topic) in topics.iter().enumerate() {
         for _ in 0..per_topic {
-            let dialer = Arc::clone(&context.dialer);
+            let dialer = Arc::clone(context.subscriber_dialer(subscriber_index));
+            subscriber_index += 1;
             let topic = topic.clone();
             setup.spawn(async move {
                 let mut client = dialer.open(Role::Subscriber).await?;
@@ -211,6 +212,15 @@ pub(crate) async fn run(context: &RunContext, plan: FanoutPlan) -> anyhow::Resul
             human_size(publish.size.0),
             publish.rate
         ),
+        // Stored: every publish takes an offset from the engine (sled, or
+        // Redis's script in a cluster). The node count is a parameter, not
+        // part of the case, so a single node and a cluster share a row.
+        "cluster" => format!(
+            "1->{} x {}, stored topic, {}",
+            per_topic,
+            human_size(publish.size.0),
+            publish.rate
+        ),
         _ => format!(
             "{}x(1->{}) x {}, {}",
             publishers,
@@ -234,6 +244,7 @@ pub(crate) async fn run(context: &RunContext, plan: FanoutPlan) -> anyhow::Resul
             "duration_s": publish.duration.as_secs_f64(),
             "max_messages": publish.max_messages,
             "window": window,
+            "subscriber_endpoints": context.subscriber_endpoints(),
         }),
         connections: u64::from(publishers) * (per_topic + 1),
         elapsed_s,
@@ -270,10 +281,15 @@ async fn subscribe_loop(
 ) -> SubscriberTally {
     let mut tally = SubscriberTally::default();
     let mut next_seq = 0u64;
-    let mut handle = |event: anyhow::Result<Event>, tally: &mut SubscriberTally| -> bool {
+    let mut latencies = LatencyBatch::new(latencies);
+    let mut clock = ReceiveClock::default();
+    let mut handle = |event: anyhow::Result<Event>,
+                      tally: &mut SubscriberTally,
+                      clock: &mut ReceiveClock|
+     -> bool {
         match event {
             Ok(Event::Delivery(delivered)) => {
-                let now = now_ns();
+                let now = clock.now();
                 let stamp = delivered.stamp;
                 if stamp.stream != stream {
                     tally.errors.add("a message from another topic's publisher");
@@ -302,15 +318,20 @@ async fn subscribe_loop(
     };
     loop {
         tokio::select! {
+            // Biased: while frames keep coming, the stop signal is not
+            // polled (which would register with a channel every
+            // subscriber shares) for every wake-up.
+            biased;
             event = client.read_event() => {
-                if !handle(event, &mut tally) {
+                clock.woken();
+                if !handle(event, &mut tally, &mut clock) {
                     break;
                 }
-                // Take whatever else is already buffered without going
+                // Take whatever else is already received without going
                 // back through select!.
                 let mut open = true;
-                while let Some(event) = client.read_event().now_or_never() {
-                    if !handle(event, &mut tally) {
+                while let Some(event) = client.buffered_event() {
+                    if !handle(event, &mut tally, &mut clock) {
                         open = false;
                         break;
                     }

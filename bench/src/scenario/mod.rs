@@ -10,6 +10,8 @@
 //! - [`churn`]: scenario 6, connection setup rate.
 //! - [`wildcard`]: scenario 7, a wildcard-filter flood and a healthy
 //!   client's round trips through it.
+//! - scenario 8, `cluster`, is [`fanout`] on a stored topic, with the
+//!   subscribers spread over other nodes than the publisher's.
 
 pub(crate) mod churn;
 pub(crate) mod durable;
@@ -24,39 +26,52 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 
+use crate::cli::RunArgs;
 use crate::client::{Dialer, Target};
 use crate::metrics::{self, ProcessSample, ProcessUsage};
-use crate::report::{Errors, Report, ratio};
+use crate::report::{Errors, GENERATOR_SATURATED_PERCENT, Report, ratio};
 use crate::wire::STAMP_LEN;
 
 /// What every scenario needs to run.
 #[derive(Debug)]
 pub(crate) struct RunContext {
-    /// Opens connections to the target.
+    /// Opens connections to the target (`--url`).
     pub(crate) dialer: Arc<Dialer>,
+    /// Opens subscribers' connections (`--subscriber-url`), in turn; empty:
+    /// subscribers use `dialer` too.
+    subscriber_dialers: Vec<Arc<Dialer>>,
     /// The target process, for CPU and memory figures.
     pub(crate) broker_pid: Option<u32>,
+    /// More processes of the target (`--also-pid`), added to the broker's figures.
+    also_pids: Vec<u32>,
     /// Makes topic names unique to this run.
     pub(crate) run_id: String,
     /// `--label`.
     pub(crate) label: Option<String>,
+    /// `--variant`.
+    pub(crate) variant: Option<String>,
+    /// `--repetition`.
+    pub(crate) repetition: Option<u32>,
     /// When the run started, unix milliseconds.
     pub(crate) started_at_ms: u64,
 }
 
 impl RunContext {
-    /// A context; `run_id` defaults to the start time.
+    /// A context for the run `args` describe; the run id defaults to the
+    /// start time.
     pub(crate) fn new(
         dialer: Dialer,
-        broker_pid: Option<u32>,
-        run_id: Option<String>,
-        label: Option<String>,
+        subscriber_dialers: Vec<Dialer>,
+        args: &RunArgs,
     ) -> anyhow::Result<Self> {
         let started_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|elapsed| elapsed.as_millis() as u64)
             .unwrap_or(0);
-        let run_id = run_id.unwrap_or_else(|| started_at_ms.to_string());
+        let run_id = args
+            .run_id
+            .clone()
+            .unwrap_or_else(|| started_at_ms.to_string());
         let valid = !run_id.is_empty()
             && run_id
                 .bytes()
@@ -64,11 +79,24 @@ impl RunContext {
         if !valid {
             bail!("--run-id {run_id:?}: use only letters, digits, '_' and '-'");
         }
+        if let Some(variant) = &args.variant {
+            let valid = !variant.is_empty()
+                && variant
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                bail!("--variant {variant:?}: use only letters, digits, '_' and '-'");
+            }
+        }
         Ok(Self {
             dialer: Arc::new(dialer),
-            broker_pid,
+            subscriber_dialers: subscriber_dialers.into_iter().map(Arc::new).collect(),
+            broker_pid: args.broker_pid,
+            also_pids: args.also_pids.clone(),
             run_id,
-            label,
+            label: args.label.clone(),
+            variant: args.variant.clone(),
+            repetition: args.repetition,
             started_at_ms,
         })
     }
@@ -82,6 +110,29 @@ impl RunContext {
     /// NATS subject.
     pub(crate) fn topic(&self, scenario: &str, index: u64) -> String {
         format!("bench.{scenario}.{}.{index}", self.run_id)
+    }
+
+    /// The dialer of the `index`th subscriber: the `--subscriber-url`s in
+    /// turn, or `--url` without them.
+    pub(crate) fn subscriber_dialer(&self, index: usize) -> &Arc<Dialer> {
+        if self.subscriber_dialers.is_empty() {
+            &self.dialer
+        } else {
+            &self.subscriber_dialers[index % self.subscriber_dialers.len()]
+        }
+    }
+
+    /// How many different URLs subscribers connect to.
+    pub(crate) fn subscriber_endpoints(&self) -> usize {
+        self.subscriber_dialers.len().max(1)
+    }
+
+    /// Fails if `--subscriber-url` was given to a scenario that does not use it.
+    pub(crate) fn require_one_url(&self, scenario: &str) -> anyhow::Result<()> {
+        if !self.subscriber_dialers.is_empty() {
+            bail!("--subscriber-url is for fanout, topics and cluster, not for {scenario}");
+        }
+        Ok(())
     }
 
     /// Fails unless the target supports the scenario.
@@ -98,15 +149,22 @@ impl RunContext {
     pub(crate) fn start_measuring(&self) -> Measurement {
         Measurement {
             broker: metrics::try_sample(self.broker_pid),
+            also: self
+                .also_pids
+                .iter()
+                .filter_map(|pid| metrics::try_sample(Some(*pid)))
+                .collect(),
             generator: metrics::try_sample(Some(std::process::id())),
         }
     }
 }
 
 /// Process samples taken at the start of a measured phase.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Measurement {
     broker: Option<(u32, ProcessSample)>,
+    /// The target's other processes (`--also-pid`).
+    also: Vec<(u32, ProcessSample)>,
     generator: Option<(u32, ProcessSample)>,
 }
 
@@ -116,14 +174,21 @@ impl Measurement {
         self.broker.map(|(_, sample)| sample.rss_kib())
     }
 
-    /// Usage of the broker and of the generator from the start until now.
+    /// Usage of the broker (with its other processes added) and of the
+    /// generator from the start until now.
     pub(crate) fn finish(&self) -> (Option<ProcessUsage>, Option<ProcessUsage>) {
         let until_now = |start: Option<(u32, ProcessSample)>| {
             let (pid, first) = start?;
             let (_, now) = metrics::try_sample(Some(pid))?;
             Some(first.usage_until(pid, &now))
         };
-        (until_now(self.broker), until_now(self.generator))
+        let broker = until_now(self.broker).map(|mut usage| {
+            for other in self.also.iter().filter_map(|start| until_now(Some(*start))) {
+                usage.add(&other);
+            }
+            usage
+        });
+        (broker, until_now(self.generator))
     }
 }
 
@@ -158,6 +223,8 @@ impl Outcome {
             case: self.case,
             target: context.target().name().to_owned(),
             label: context.label.clone(),
+            variant: context.variant.clone(),
+            repetition: context.repetition,
             params: self.params,
             started_at_ms: context.started_at_ms,
             connections: self.connections,
@@ -173,6 +240,10 @@ impl Outcome {
             latency_us: self.latency_us,
             broker: self.usage.0,
             generator: self.usage.1,
+            generator_saturated: self
+                .usage
+                .1
+                .is_some_and(|usage| usage.cpu_percent >= GENERATOR_SATURATED_PERCENT),
             extra: self.extra,
             errors: self.errors.into_list(),
             ok,

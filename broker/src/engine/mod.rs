@@ -19,8 +19,10 @@
 //! - reports what an acknowledgement of a publish means ([`Ack`]);
 //! - owns retention and durability;
 //! - learns which topics have local subscribers through [`Engine::watch`]
-//!   and [`Engine::unwatch`] (no-ops for sled, where every delivery starts
-//!   on this node).
+//!   and [`Engine::unwatch`] (a network engine routes the topic's
+//!   deliveries to this node; sled, where every delivery starts on this
+//!   node, only remembers which watched topics are ephemeral, so their
+//!   publishes skip matching the retention rules).
 //!
 //! The hub, in turn, treats a delivery ahead of the next offset it expects
 //! as missed messages and replays them through [`Engine::read`] (see the
@@ -508,15 +510,21 @@ impl Engine {
 
     /// The hub has local subscribers to `topic` from now on.
     pub(crate) fn watch(&self, topic: &TopicName) {
-        if let Engine::Redis(engine) = self {
-            engine.watch(topic);
+        match self {
+            Engine::Sled(engine) => engine.watch(topic),
+            Engine::Redis(engine) => engine.watch(topic),
+            #[cfg(test)]
+            Engine::Memory(_) => {}
         }
     }
 
     /// The hub has no local subscriber to `topic` any more.
     pub(crate) fn unwatch(&self, topic: &TopicName) {
-        if let Engine::Redis(engine) = self {
-            engine.unwatch(topic);
+        match self {
+            Engine::Sled(engine) => engine.unwatch(topic),
+            Engine::Redis(engine) => engine.unwatch(topic),
+            #[cfg(test)]
+            Engine::Memory(_) => {}
         }
     }
 

@@ -8,7 +8,7 @@
 //! (`Topic::state`), then (while delivering) the hub's locks. The work lists
 //! (`dirty`, `unreleased`, `retired`, `trim_queue`, `age_schedule`) are
 //! leaves: taken last, held for a push or a swap. The store's own locks
-//! (sled handles, journal) are leaves too.
+//! (sled handles, journal) and `watched_ephemeral` are leaves too.
 //!
 //! # Visibility
 //!
@@ -28,7 +28,7 @@ pub(crate) mod heads;
 pub(crate) mod store;
 mod trimmer;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
@@ -110,6 +110,11 @@ impl Topic {
 #[derive(Debug)]
 pub(crate) struct SledEngine {
     registry: RwLock<HashMap<TopicName, Arc<Topic>>>,
+    /// Ephemeral topics that have local subscribers (between the hub's
+    /// `watch` and `unwatch`), so that a publish to one skips matching the
+    /// retention rules, which costs more than the rest of an ephemeral
+    /// publish's engine work. At most one entry per topic of the hub.
+    watched_ephemeral: RwLock<HashSet<TopicName>>,
     pub(crate) store: Arc<Store>,
     hub: Arc<Hub>,
     rules: Vec<(TopicFilter, Arc<RetentionRule>)>,
@@ -158,6 +163,7 @@ impl SledEngine {
             .collect();
         let engine = Self {
             registry: RwLock::new(HashMap::new()),
+            watched_ephemeral: RwLock::new(HashSet::new()),
             store: Arc::new(store),
             hub,
             rules,
@@ -348,6 +354,34 @@ impl SledEngine {
         });
     }
 
+    fn watched_ephemeral_read(&self) -> std::sync::RwLockReadGuard<'_, HashSet<TopicName>> {
+        self.watched_ephemeral
+            .read()
+            .expect("no code panics while holding the watched set")
+    }
+
+    fn watched_ephemeral_write(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<TopicName>> {
+        self.watched_ephemeral
+            .write()
+            .expect("no code panics while holding the watched set")
+    }
+
+    /// The hub has local subscribers to `topic` from now on: remember it
+    /// if it is ephemeral (rules do not change while the broker runs).
+    pub(crate) fn watch(&self, topic: &TopicName) {
+        // The set's lock is a leaf: this may run under the hub's locks.
+        if self.retention_for(topic).is_none() {
+            self.watched_ephemeral_write().insert(topic.clone());
+        }
+    }
+
+    /// The hub has no local subscriber to `topic` any more.
+    pub(crate) fn unwatch(&self, topic: &TopicName) {
+        if self.watched_ephemeral_read().contains(topic) {
+            self.watched_ephemeral_write().remove(topic);
+        }
+    }
+
     /// True if `topic`'s history is (or would be) stored.
     pub(crate) fn is_stored(&self, topic: &TopicName) -> bool {
         self.registry_read().contains_key(topic) || self.retention_for(topic).is_some()
@@ -358,6 +392,9 @@ impl SledEngine {
     fn entry(&self, topic: &TopicName, create: bool) -> Result<Option<Arc<Topic>>, WriteError> {
         if let Some(entry) = self.registry_read().get(topic) {
             return Ok(Some(Arc::clone(entry)));
+        }
+        if self.watched_ephemeral_read().contains(topic) {
+            return Ok(None);
         }
         let Some(retention) = self.retention_for(topic) else {
             return Ok(None);
