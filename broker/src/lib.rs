@@ -49,6 +49,15 @@ mod server;
 pub mod stats;
 pub mod tls;
 
+/// A map keyed by topic name, hashed with foldhash: the hub's and the sled
+/// engine's registries are looked up on every publish, and SipHash was a
+/// visible share of a delivery's cost (docs/benchmarks.md). Seeded per
+/// process; the number of topics is bounded by `store.max_topics`.
+type TopicMap<V> =
+    std::collections::HashMap<sockeye_protocol::TopicName, V, foldhash::fast::RandomState>;
+/// A set of topic names, hashed like [`TopicMap`].
+type TopicSet = std::collections::HashSet<sockeye_protocol::TopicName, foldhash::fast::RandomState>;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -29,7 +29,6 @@
 mod replay;
 pub(crate) mod wildcard;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::Instant;
 
@@ -41,6 +40,7 @@ use sockeye_protocol::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::TopicMap;
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::engine::{Engine, StreamBounds, WriteError};
 use crate::peer::{ConnId, Offer, Outbox, Peer};
@@ -167,7 +167,7 @@ pub(crate) struct LocalTopicInfo {
 /// The hub of one node.
 #[derive(Debug)]
 pub(crate) struct Hub {
-    registry: RwLock<HashMap<TopicName, Arc<HubTopic>>>,
+    registry: RwLock<TopicMap<Arc<HubTopic>>>,
     wildcards: RwLock<WildcardIndex>,
     /// Set once the engine exists (it holds the hub); replays read through
     /// it. Weak, so the two do not keep each other alive.
@@ -183,7 +183,7 @@ pub(crate) struct Hub {
 impl Hub {
     pub(crate) fn new(config: &Config, stats: Arc<Stats>, tasks: TaskTracker) -> Self {
         Self {
-            registry: RwLock::new(HashMap::new()),
+            registry: RwLock::new(TopicMap::default()),
             wildcards: RwLock::new(WildcardIndex::new(WildcardLimits::from_config(
                 &config.limits,
             ))),
@@ -207,13 +207,13 @@ impl Hub {
         self.engine.get().and_then(Weak::upgrade)
     }
 
-    fn registry_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TopicName, Arc<HubTopic>>> {
+    fn registry_read(&self) -> std::sync::RwLockReadGuard<'_, TopicMap<Arc<HubTopic>>> {
         self.registry
             .read()
             .expect("no code panics while holding the hub registry")
     }
 
-    fn registry_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TopicName, Arc<HubTopic>>> {
+    fn registry_write(&self) -> std::sync::RwLockWriteGuard<'_, TopicMap<Arc<HubTopic>>> {
         self.registry
             .write()
             .expect("no code panics while holding the hub registry")

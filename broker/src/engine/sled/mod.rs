@@ -28,7 +28,7 @@ pub(crate) mod heads;
 pub(crate) mod store;
 mod trimmer;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
@@ -42,6 +42,7 @@ use super::{Ack, Published, ReadBatch, StoreHealth, StoredTopicInfo, StreamBound
 use crate::config::{Config, DamagePolicy, Durability, RetentionRule};
 use crate::hub::{Hub, RateWindow};
 use crate::stats::Stats;
+use crate::{TopicMap, TopicSet};
 use heads::HeadRecord;
 use store::{Damage, RESERVATION, Store, StoreError, StreamState, now_ms};
 
@@ -109,12 +110,12 @@ impl Topic {
 /// One node's stored topics on sled.
 #[derive(Debug)]
 pub(crate) struct SledEngine {
-    registry: RwLock<HashMap<TopicName, Arc<Topic>>>,
+    registry: RwLock<TopicMap<Arc<Topic>>>,
     /// Ephemeral topics that have local subscribers (between the hub's
     /// `watch` and `unwatch`), so that a publish to one skips matching the
     /// retention rules, which costs more than the rest of an ephemeral
     /// publish's engine work. At most one entry per topic of the hub.
-    watched_ephemeral: RwLock<HashSet<TopicName>>,
+    watched_ephemeral: RwLock<TopicSet>,
     pub(crate) store: Arc<Store>,
     hub: Arc<Hub>,
     rules: Vec<(TopicFilter, Arc<RetentionRule>)>,
@@ -162,8 +163,8 @@ impl SledEngine {
             })
             .collect();
         let engine = Self {
-            registry: RwLock::new(HashMap::new()),
-            watched_ephemeral: RwLock::new(HashSet::new()),
+            registry: RwLock::new(TopicMap::default()),
+            watched_ephemeral: RwLock::new(TopicSet::default()),
             store: Arc::new(store),
             hub,
             rules,
@@ -289,13 +290,13 @@ impl SledEngine {
         Ok(())
     }
 
-    fn registry_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TopicName, Arc<Topic>>> {
+    fn registry_read(&self) -> std::sync::RwLockReadGuard<'_, TopicMap<Arc<Topic>>> {
         self.registry
             .read()
             .expect("no code panics while holding the registry lock")
     }
 
-    fn registry_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TopicName, Arc<Topic>>> {
+    fn registry_write(&self) -> std::sync::RwLockWriteGuard<'_, TopicMap<Arc<Topic>>> {
         self.registry
             .write()
             .expect("no code panics while holding the registry lock")
@@ -354,13 +355,13 @@ impl SledEngine {
         });
     }
 
-    fn watched_ephemeral_read(&self) -> std::sync::RwLockReadGuard<'_, HashSet<TopicName>> {
+    fn watched_ephemeral_read(&self) -> std::sync::RwLockReadGuard<'_, TopicSet> {
         self.watched_ephemeral
             .read()
             .expect("no code panics while holding the watched set")
     }
 
-    fn watched_ephemeral_write(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<TopicName>> {
+    fn watched_ephemeral_write(&self) -> std::sync::RwLockWriteGuard<'_, TopicSet> {
         self.watched_ephemeral
             .write()
             .expect("no code panics while holding the watched set")
