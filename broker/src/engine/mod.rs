@@ -51,7 +51,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, EngineKind};
+use crate::config::{Config, EngineKind, RetentionRule};
 use crate::hub::{Hub, SubscribeError, SubscribeOutcome, Subscriber};
 use crate::stats::{HistogramSnapshot, Stats};
 
@@ -542,6 +542,39 @@ impl Engine {
             Engine::Redis(engine) => engine.every_topic_confirmed().await,
             _ => Ok(()),
         }
+    }
+}
+
+/// The configured retention rules, parsed once: the first rule whose pattern
+/// matches a topic decides whether and how it is stored. Shared by every
+/// engine, so all of them read the same configuration the same way.
+#[derive(Debug)]
+pub(crate) struct RetentionRules(Vec<(sockeye_protocol::TopicFilter, Arc<RetentionRule>)>);
+
+impl RetentionRules {
+    /// Parses `config.retention` (validated when the configuration loads).
+    pub(crate) fn from_config(config: &Config) -> Self {
+        Self(
+            config
+                .retention
+                .iter()
+                .filter_map(|rule| {
+                    sockeye_protocol::TopicFilter::parse(&rule.pattern, usize::MAX)
+                        .ok()
+                        .map(|pattern| (pattern, Arc::new(rule.clone())))
+                })
+                .collect(),
+        )
+    }
+
+    /// The rule of `topic` if it is stored; `None` if it is ephemeral.
+    pub(crate) fn stored_rule(&self, topic: &TopicName) -> Option<Arc<RetentionRule>> {
+        self.0
+            .iter()
+            .find(|(pattern, _)| pattern.matches(topic))
+            .map(|(_, rule)| rule)
+            .filter(|rule| rule.store)
+            .cloned()
     }
 }
 

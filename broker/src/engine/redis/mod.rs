@@ -47,17 +47,15 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
-use sockeye_protocol::{
-    Compression, FIRST_OFFSET, Payload, StreamPosition, TopicFilter, TopicName,
-};
+use sockeye_protocol::{Compression, FIRST_OFFSET, Payload, StreamPosition, TopicName};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::sled::store::StoredMessage;
 use super::{
-    Ack, DurableMark, NetworkAck, Published, ReadBatch, StoreError, StoreHealth, StoredTopicInfo,
-    StreamBounds, WriteError, now_ms,
+    Ack, DurableMark, NetworkAck, Published, ReadBatch, RetentionRules, StoreError, StoreHealth,
+    StoredTopicInfo, StreamBounds, WriteError, now_ms,
 };
 use crate::config::{Config, RedisConfig, RetentionRule};
 use crate::hub::{Hub, SubscribeError, SubscribeOutcome, Subscriber};
@@ -197,7 +195,7 @@ pub(crate) struct RedisMetrics {
 #[derive(Debug)]
 pub(crate) struct RedisEngine {
     hub: Arc<Hub>,
-    rules: Vec<(TopicFilter, Arc<RetentionRule>)>,
+    rules: RetentionRules,
     compression: Compression,
     keys: Keys,
     scripts: Scripts,
@@ -276,15 +274,7 @@ impl RedisEngine {
                 .await
                 .map_err(|err| unavailable(format!("cannot load a script: {err}")))?;
         }
-        let rules = config
-            .retention
-            .iter()
-            .filter_map(|rule| {
-                TopicFilter::parse(&rule.pattern, usize::MAX)
-                    .ok()
-                    .map(|pattern| (pattern, Arc::new(rule.clone())))
-            })
-            .collect();
+        let rules = RetentionRules::from_config(config);
         let (publisher_tx, publisher_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (pubsub_tx, pubsub_rx) = mpsc::unbounded_channel();
         let node_name = OnceLock::new();
@@ -340,12 +330,7 @@ impl RedisEngine {
     }
 
     fn retention_for(&self, topic: &TopicName) -> Option<Arc<RetentionRule>> {
-        self.rules
-            .iter()
-            .find(|(pattern, _)| pattern.matches(topic))
-            .map(|(_, rule)| rule)
-            .filter(|rule| rule.store)
-            .cloned()
+        self.rules.stored_rule(topic)
     }
 
     pub(crate) fn is_stored(&self, topic: &TopicName) -> bool {

@@ -34,11 +34,14 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use sockeye_protocol::{Compression, OffsetRange, Payload, StreamPosition, TopicFilter, TopicName};
+use sockeye_protocol::{Compression, OffsetRange, Payload, StreamPosition, TopicName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Ack, Published, ReadBatch, StoreHealth, StoredTopicInfo, StreamBounds, WriteError};
+use super::{
+    Ack, Published, ReadBatch, RetentionRules, StoreHealth, StoredTopicInfo, StreamBounds,
+    WriteError,
+};
 use crate::config::{Config, DamagePolicy, Durability, RetentionRule};
 use crate::hub::{Hub, RateWindow};
 use crate::stats::Stats;
@@ -118,7 +121,7 @@ pub(crate) struct SledEngine {
     watched_ephemeral: RwLock<TopicSet>,
     pub(crate) store: Arc<Store>,
     hub: Arc<Hub>,
-    rules: Vec<(TopicFilter, Arc<RetentionRule>)>,
+    rules: RetentionRules,
     compression: Compression,
     durability: Durability,
     max_topics: usize,
@@ -153,15 +156,7 @@ impl SledEngine {
         stats: Arc<Stats>,
         tasks: TaskTracker,
     ) -> Result<Self, StoreError> {
-        let rules = config
-            .retention
-            .iter()
-            .filter_map(|rule| {
-                TopicFilter::parse(&rule.pattern, usize::MAX)
-                    .ok()
-                    .map(|pattern| (pattern, Arc::new(rule.clone())))
-            })
-            .collect();
+        let rules = RetentionRules::from_config(config);
         let engine = Self {
             registry: RwLock::new(TopicMap::default()),
             watched_ephemeral: RwLock::new(TopicSet::default()),
@@ -333,12 +328,7 @@ impl SledEngine {
     }
 
     fn retention_for(&self, topic: &TopicName) -> Option<Arc<RetentionRule>> {
-        self.rules
-            .iter()
-            .find(|(pattern, _)| pattern.matches(topic))
-            .map(|(_, rule)| rule)
-            .filter(|rule| rule.store)
-            .cloned()
+        self.rules.stored_rule(topic)
     }
 
     /// Records that `epoch` no longer exists, for the journal.
