@@ -104,7 +104,7 @@ start_target() {
     echo "instructions.sh: port $PORT is in use; set INSTR_PORT" >&2
     exit 2
   fi
-  local callgrind=(valgrind --tool=callgrind "--callgrind-out-file=$out")
+  local callgrind=(valgrind --tool=callgrind --fair-sched=yes "--callgrind-out-file=$out")
   case "$column" in
     sockeye:*)
       RUST_LOG=warn "${callgrind[@]}" "${BINARY_OF[$column]}" serve --config "$CONFIG" \

@@ -297,6 +297,19 @@ pub struct DeliveryRef<'a> {
 }
 
 impl DeliveryRef<'_> {
+    /// The body's bytes besides the topic, publisher and payload, at most:
+    /// the map header, the keys, the `type` value, the widest encoding of
+    /// each number and the string headers (counted in
+    /// `encoded_len_bound_holds_the_widest_body`).
+    const FIXED_BYTES_BOUND: usize = 96;
+
+    /// An upper bound of the body's length, to size its buffer once: a
+    /// buffer that grows while a delivery is encoded costs a reallocation
+    /// and a copy on every publish.
+    pub fn encoded_len_bound(&self) -> usize {
+        Self::FIXED_BYTES_BOUND + self.topic.len() + self.publisher.len() + self.payload.len()
+    }
+
     /// Appends the MessagePack body of the `message` frame to `out`.
     pub fn encode_body(&self, out: &mut Vec<u8>) {
         let mut map = MapWriter::begin(out);

@@ -7,6 +7,7 @@
 use std::ops::Range;
 
 use rmp::Marker;
+use smallvec::SmallVec;
 
 use crate::error::DecodeError;
 
@@ -265,8 +266,11 @@ impl<'a> Cursor<'a> {
 #[derive(Debug)]
 pub(crate) struct Fields<'a> {
     body: &'a [u8],
-    entries: Vec<(&'a str, Range<usize>)>,
+    entries: SmallVec<[(&'a str, Range<usize>); INLINE_FIELDS]>,
 }
+
+/// Fields kept without a heap allocation: more than any request has.
+const INLINE_FIELDS: usize = 8;
 
 /// Maps that hold more entries than this are not one of our messages; the cap
 /// keeps the field list small without trusting the declared length.
@@ -294,7 +298,7 @@ impl<'a> Fields<'a> {
                 expected: "a map of at most 64 fields",
             });
         }
-        let mut entries: Vec<(&'a str, Range<usize>)> = Vec::with_capacity(len as usize);
+        let mut entries = SmallVec::with_capacity(len as usize);
         for _ in 0..len {
             let key_offset = cursor.position();
             let key = cursor
@@ -302,7 +306,10 @@ impl<'a> Fields<'a> {
                 .ok_or(DecodeError::KeyNotString { offset: key_offset })?;
             let start = cursor.position();
             cursor.skip_value()?;
-            if entries.iter().any(|(existing, _)| *existing == key) {
+            if entries
+                .iter()
+                .any(|(existing, _): &(&str, Range<usize>)| *existing == key)
+            {
                 return Err(DecodeError::DuplicateField {
                     field: key.to_owned(),
                 });

@@ -33,6 +33,34 @@ fn valid_char(ch: char) -> bool {
     ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | ':')
 }
 
+fn valid_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b':')
+}
+
+/// The error for the character starting at byte `index` of a name, which
+/// `valid_byte` refused: a wildcard, or any other character (decoded whole,
+/// so a multi-byte one is reported as itself).
+fn invalid_char_in_name(text: &str, index: usize) -> TopicError {
+    match text[index..].chars().next() {
+        Some('*' | '>') => TopicError::WildcardInName,
+        Some(ch) => TopicError::InvalidChar { ch },
+        None => unreachable!("index is the start of a byte of text"),
+    }
+}
+
+/// Splits the first `.`-separated segment off `rest`; `None` once the last
+/// segment was taken.
+fn next_segment<'a>(rest: &mut Option<&'a [u8]>) -> Option<&'a [u8]> {
+    let bytes = rest.take()?;
+    match bytes.iter().position(|&byte| byte == b'.') {
+        Some(dot) => {
+            *rest = Some(&bytes[dot + 1..]);
+            Some(&bytes[..dot])
+        }
+        None => Some(bytes),
+    }
+}
+
 fn check_shape(text: &str, max: usize) -> Result<(), TopicError> {
     if text.is_empty() {
         return Err(TopicError::Empty);
@@ -61,19 +89,23 @@ impl TopicName {
 
     /// Checks that `text` is a valid topic name of at most `max` bytes,
     /// without allocating.
+    ///
+    /// One pass over the bytes: every publish runs it, and splitting into
+    /// segments and decoding `char`s cost more than the rest of the check.
     pub fn validate(text: &str, max: usize) -> Result<(), TopicError> {
         check_shape(text, max)?;
-        for segment in text.split('.') {
-            if segment.is_empty() {
-                return Err(TopicError::EmptySegment);
+        let bytes = text.as_bytes();
+        let mut segment_empty = true;
+        for (index, &byte) in bytes.iter().enumerate() {
+            match byte {
+                b'.' if segment_empty => return Err(TopicError::EmptySegment),
+                b'.' => segment_empty = true,
+                byte if valid_byte(byte) => segment_empty = false,
+                _ => return Err(invalid_char_in_name(text, index)),
             }
-            if let Some(ch) = segment.chars().find(|ch| !valid_char(*ch)) {
-                return Err(if ch == '*' || ch == '>' {
-                    TopicError::WildcardInName
-                } else {
-                    TopicError::InvalidChar { ch }
-                });
-            }
+        }
+        if segment_empty {
+            return Err(TopicError::EmptySegment);
         }
         Ok(())
     }
@@ -141,24 +173,22 @@ impl TopicFilter {
     }
 
     /// True if `topic`, a valid topic name, is matched by this filter.
+    ///
+    /// Walks both as bytes (every publish checks its permissions with this,
+    /// and `str::split`'s searcher costs more than the comparison).
     pub fn matches_str(&self, topic: &str) -> bool {
-        let mut topic_segments = topic.split('.');
-        for pattern in self.segments() {
+        let mut topic_rest = Some(topic.as_bytes());
+        let mut filter_rest = Some(self.0.as_bytes());
+        while let Some(pattern) = next_segment(&mut filter_rest) {
+            let segment = next_segment(&mut topic_rest);
             match pattern {
-                ">" => return topic_segments.next().is_some(),
-                "*" => {
-                    if topic_segments.next().is_none() {
-                        return false;
-                    }
-                }
-                literal => {
-                    if topic_segments.next() != Some(literal) {
-                        return false;
-                    }
-                }
+                b">" => return segment.is_some(),
+                b"*" if segment.is_some() => {}
+                literal if segment == Some(literal) => {}
+                _ => return false,
             }
         }
-        topic_segments.next().is_none()
+        topic_rest.is_none()
     }
 
     /// True if every topic matched by `narrower` is also matched by this
@@ -250,6 +280,97 @@ mod tests {
 
     fn filter(s: &str) -> TopicFilter {
         TopicFilter::parse(s, 255).expect("valid filter")
+    }
+
+    /// Every string of up to 4 characters over an alphabet with each kind of
+    /// character the rules treat apart (valid, `.`, wildcards, an invalid
+    /// ASCII one, a multi-byte one).
+    fn all_short_strings() -> Vec<String> {
+        const ALPHABET: [&str; 7] = ["a", "B", ".", "*", ">", " ", "é"];
+        let mut all = vec![String::new()];
+        let mut previous = vec![String::new()];
+        for _ in 0..4 {
+            let next: Vec<String> = previous
+                .iter()
+                .flat_map(|prefix| ALPHABET.iter().map(move |ch| format!("{prefix}{ch}")))
+                .collect();
+            all.extend(next.iter().cloned());
+            previous = next;
+        }
+        all
+    }
+
+    /// The rules as first written, segment by segment with `str::split`:
+    /// the byte-wise `validate` must give the same answer, error included.
+    fn validate_by_segments(text: &str, max: usize) -> Result<(), TopicError> {
+        check_shape(text, max)?;
+        for segment in text.split('.') {
+            if segment.is_empty() {
+                return Err(TopicError::EmptySegment);
+            }
+            if let Some(ch) = segment.chars().find(|ch| !valid_char(*ch)) {
+                return Err(if ch == '*' || ch == '>' {
+                    TopicError::WildcardInName
+                } else {
+                    TopicError::InvalidChar { ch }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn matches_by_segments(filter: &TopicFilter, topic: &str) -> bool {
+        let mut topic_segments = topic.split('.');
+        for pattern in filter.segments() {
+            match pattern {
+                ">" => return topic_segments.next().is_some(),
+                "*" => {
+                    if topic_segments.next().is_none() {
+                        return false;
+                    }
+                }
+                literal => {
+                    if topic_segments.next() != Some(literal) {
+                        return false;
+                    }
+                }
+            }
+        }
+        topic_segments.next().is_none()
+    }
+
+    #[test]
+    fn byte_wise_validate_agrees_with_the_segment_rules() {
+        for text in all_short_strings() {
+            assert_eq!(
+                TopicName::validate(&text, 6),
+                validate_by_segments(&text, 6),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn byte_wise_matching_agrees_with_the_segment_rules() {
+        let strings = all_short_strings();
+        let names: Vec<&String> = strings
+            .iter()
+            .filter(|text| TopicName::validate(text, 255).is_ok())
+            .collect();
+        let filters: Vec<TopicFilter> = strings
+            .iter()
+            .filter_map(|text| TopicFilter::parse(text, 255).ok())
+            .collect();
+        assert!(names.len() >= 50 && filters.len() >= 70);
+        let mut matched = 0;
+        for filter in &filters {
+            for name in &names {
+                let expected = matches_by_segments(filter, name);
+                assert_eq!(filter.matches_str(name), expected, "{filter} vs {name}");
+                matched += usize::from(expected);
+            }
+        }
+        assert!(matched > 100, "the sample must hold matches too");
     }
 
     #[test]

@@ -639,3 +639,35 @@ fn a_body_with_position_slots_decodes_to_the_position_written_into_it() {
         other => panic!("not a message: {other:?}"),
     }
 }
+
+#[test]
+fn encoded_len_bound_holds_the_widest_body() {
+    use sockeye_protocol::DeliveryRef;
+    // The widest numbers MessagePack writes (9 bytes each) and strings just
+    // past each header width (fixstr 31, str 8 255, str 16 65,535 bytes).
+    for text_len in [0, 31, 32, 255, 256, 65_535, 65_536] {
+        let text = "t".repeat(text_len);
+        let payload = Payload::binary(&vec![7; text_len]);
+        let delivery = DeliveryRef {
+            topic: &text,
+            epoch: u64::MAX,
+            offset: u64::MAX,
+            timestamp_ms: u64::MAX,
+            publisher: &text,
+            payload: &payload,
+        };
+        let mut body = Vec::new();
+        delivery.encode_body(&mut body);
+        assert!(
+            body.len() <= delivery.encoded_len_bound(),
+            "{} > {} at {text_len}",
+            body.len(),
+            delivery.encoded_len_bound()
+        );
+        let mut slotted = Vec::new();
+        delivery.encode_body_with_position_slots(&mut slotted);
+        assert!(slotted.len() <= delivery.encoded_len_bound());
+        // Tight enough to be worth a name: within the fixed part.
+        assert!(delivery.encoded_len_bound() - body.len() < 96);
+    }
+}

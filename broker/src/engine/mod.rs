@@ -617,15 +617,15 @@ pub(crate) fn encode_delivery(
     publisher: &str,
     payload: &Payload,
 ) -> FrameBuf {
-    let mut frame = FrameBuf::with_capacity(payload.len() + topic.len() + publisher.len() + 64);
-    DeliveryRef {
+    let delivery = DeliveryRef {
         topic,
         epoch,
         offset,
         timestamp_ms,
         publisher,
         payload,
-    }
-    .encode_body(frame.body_mut());
+    };
+    let mut frame = FrameBuf::with_capacity(delivery.encoded_len_bound());
+    delivery.encode_body(frame.body_mut());
     frame
 }

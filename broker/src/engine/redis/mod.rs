@@ -384,8 +384,7 @@ impl RedisEngine {
             publisher,
             payload,
         };
-        let mut body =
-            Vec::with_capacity(payload.len() + topic.as_str().len() + publisher.len() + 80);
+        let mut body = Vec::with_capacity(delivery.encoded_len_bound());
         let slots = delivery.encode_body_with_position_slots(&mut body);
         let (done, ack) = oneshot::channel();
         let request = publisher::Request {
