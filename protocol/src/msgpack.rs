@@ -169,6 +169,17 @@ impl<'a> Cursor<'a> {
     /// is not a string.
     fn str(&mut self) -> Result<Option<&'a str>, DecodeError> {
         let start = self.pos;
+        let Some(bytes) = self.str_bytes()? else {
+            return Ok(None);
+        };
+        std::str::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| DecodeError::InvalidUtf8 { offset: start })
+    }
+
+    /// Reads a string's bytes, not yet checked to be UTF-8, or returns `None`
+    /// (consuming nothing) if the next value is not a string.
+    fn str_bytes(&mut self) -> Result<Option<&'a [u8]>, DecodeError> {
         let len = match self.peek_marker()? {
             Marker::FixStr(n) => {
                 self.pos += 1;
@@ -188,10 +199,7 @@ impl<'a> Cursor<'a> {
             }
             _ => return Ok(None),
         };
-        let bytes = self.take(len)?;
-        std::str::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| DecodeError::InvalidUtf8 { offset: start })
+        self.take(len).map(Some)
     }
 
     /// Reads a non-negative integer of any MessagePack width (signed forms
@@ -266,7 +274,10 @@ impl<'a> Cursor<'a> {
 #[derive(Debug)]
 pub(crate) struct Fields<'a> {
     body: &'a [u8],
-    entries: SmallVec<[(&'a str, Range<usize>); INLINE_FIELDS]>,
+    /// Each key's bytes (valid UTF-8, checked by `parse_at`) and its
+    /// value's range: lookups compare bytes, as every field name we ask
+    /// for is ASCII.
+    entries: SmallVec<[(&'a [u8], Range<usize>); INLINE_FIELDS]>,
 }
 
 /// Fields kept without a heap allocation: more than any request has.
@@ -302,16 +313,21 @@ impl<'a> Fields<'a> {
         for _ in 0..len {
             let key_offset = cursor.position();
             let key = cursor
-                .str()?
+                .str_bytes()?
                 .ok_or(DecodeError::KeyNotString { offset: key_offset })?;
+            // Keys are nearly always ASCII, which is UTF-8: the full check
+            // (a call per key) only for the others.
+            if !key.is_ascii() && std::str::from_utf8(key).is_err() {
+                return Err(DecodeError::InvalidUtf8 { offset: key_offset });
+            }
             let start = cursor.position();
             cursor.skip_value()?;
             if entries
                 .iter()
-                .any(|(existing, _): &(&str, Range<usize>)| *existing == key)
+                .any(|(existing, _): &(&[u8], Range<usize>)| *existing == key)
             {
                 return Err(DecodeError::DuplicateField {
-                    field: key.to_owned(),
+                    field: String::from_utf8_lossy(key).into_owned(),
                 });
             }
             entries.push((key, start..cursor.position()));
@@ -325,7 +341,7 @@ impl<'a> Fields<'a> {
     fn value(&self, field: &str) -> Option<Cursor<'a>> {
         self.entries
             .iter()
-            .find(|(key, _)| *key == field)
+            .find(|(key, _)| *key == field.as_bytes())
             .map(|(_, range)| Cursor {
                 buf: &self.body[..range.end],
                 pos: range.start,
@@ -336,7 +352,7 @@ impl<'a> Fields<'a> {
     pub(crate) fn range(&self, field: &str) -> Option<Range<usize>> {
         self.entries
             .iter()
-            .find(|(key, _)| *key == field)
+            .find(|(key, _)| *key == field.as_bytes())
             .map(|(_, range)| range.clone())
     }
 

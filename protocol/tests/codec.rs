@@ -434,6 +434,21 @@ fn bodies_that_are_not_our_messages_get_specific_errors() {
         decode(&body).error,
         DecodeError::DuplicateField { .. }
     ));
+    // A key that is not UTF-8 (a lone continuation byte), after a valid
+    // field: refused with where it starts, though no getter asks for it.
+    let body = [
+        0x82, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g', 0xa2, b'i', 0x80, 0x01,
+    ];
+    assert_eq!(decode(&body).error, DecodeError::InvalidUtf8 { offset: 11 });
+    // A multi-byte UTF-8 key is a key like any other.
+    let body = [
+        0x83, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g', 0xa2, b'i', b'd', 0x07,
+        0xa2, 0xc3, 0xa9, 0x01,
+    ];
+    assert_eq!(
+        ClientMessage::decode(&Bytes::copy_from_slice(&body)).unwrap(),
+        ClientMessage::Ping { id: 7 }
+    );
 }
 
 #[test]
