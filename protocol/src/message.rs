@@ -501,9 +501,19 @@ impl<'a> MapWriter<'a> {
         }
     }
 
+    /// Keys are our field names, all shorter than 32 bytes: a MessagePack
+    /// fixstr, whose one-byte header is written here directly (a push and a
+    /// copy per key instead of a trip through `rmp`'s writer; keys are most
+    /// of what a delivery's body writes). A longer key takes `rmp`'s path.
     fn key(&mut self, key: &str) {
         self.len += 1;
-        write_msgpack(self.out, |buf| encode::write_str(buf, key));
+        match u8::try_from(key.len()) {
+            Ok(len @ 0..32) => {
+                self.out.push(0xa0 | len);
+                self.out.extend_from_slice(key.as_bytes());
+            }
+            _ => write_msgpack(self.out, |buf| encode::write_str(buf, key)),
+        }
     }
 
     pub(crate) fn str(&mut self, key: &str, value: &str) -> &mut Self {
