@@ -670,47 +670,65 @@ impl ClientMessage {
     /// a `publish` is a zero-copy slice of `body`.
     pub fn decode(body: &Bytes) -> Result<Self, MessageError> {
         let fields = Fields::parse(body).map_err(|error| MessageError { id: None, error })?;
-        // Read the id first so that every later error can carry it.
-        let id = fields.opt_uint("id").ok().flatten();
-        let with_id = |error| MessageError { id, error };
-        let kind = fields.str("message", "type").map_err(with_id)?;
-        Self::decode_fields(kind, &fields, body).map_err(with_id)
+        // Read the id first so that every later error can carry it; it is
+        // read once, and each kind then requires it.
+        let id = fields.opt_uint("id");
+        let with_id = |error| MessageError {
+            id: id.as_ref().ok().copied().flatten(),
+            error,
+        };
+        let kind = fields.str_bytes("message", "type").map_err(with_id)?;
+        Self::decode_fields(kind, &id, &fields, body).map_err(with_id)
     }
 
-    fn decode_fields(kind: &str, fields: &Fields<'_>, body: &Bytes) -> Result<Self, DecodeError> {
+    /// The kind is matched as bytes: every known kind is ASCII, so only an
+    /// unknown one needs its UTF-8 checked (for the error).
+    fn decode_fields(
+        kind: &[u8],
+        id: &Result<Option<u64>, DecodeError>,
+        fields: &Fields<'_>,
+        body: &Bytes,
+    ) -> Result<Self, DecodeError> {
+        let required_id = |kind: &'static str| match id {
+            Ok(Some(id)) => Ok(*id),
+            Ok(None) => Err(DecodeError::MissingField { kind, field: "id" }),
+            Err(error) => Err(error.clone()),
+        };
         Ok(match kind {
-            "subscribe" => ClientMessage::Subscribe {
-                id: fields.uint("subscribe", "id")?,
+            b"subscribe" => ClientMessage::Subscribe {
+                id: required_id("subscribe")?,
                 topic: fields.str("subscribe", "topic")?.to_owned(),
                 position: match fields.opt_map("position")? {
                     None => None,
                     Some(position) => Some(decode_position(&position)?),
                 },
             },
-            "unsubscribe" => ClientMessage::Unsubscribe {
-                id: fields.uint("unsubscribe", "id")?,
+            b"unsubscribe" => ClientMessage::Unsubscribe {
+                id: required_id("unsubscribe")?,
                 topic: fields.str("unsubscribe", "topic")?.to_owned(),
             },
-            "publish" => {
+            b"publish" => {
                 let range = fields.range("payload").ok_or(DecodeError::MissingField {
                     kind: "publish",
                     field: "payload",
                 })?;
                 ClientMessage::Publish {
-                    id: fields.uint("publish", "id")?,
+                    id: required_id("publish")?,
                     topic: fields.str("publish", "topic")?.to_owned(),
                     payload: Payload(body.slice(range)),
                     ack: fields.opt_bool("ack")?.unwrap_or(true),
                 }
             }
-            "ping" => ClientMessage::Ping {
-                id: fields.uint("ping", "id")?,
+            b"ping" => ClientMessage::Ping {
+                id: required_id("ping")?,
             },
-            "refresh" => ClientMessage::Refresh {
-                id: fields.uint("refresh", "id")?,
+            b"refresh" => ClientMessage::Refresh {
+                id: required_id("refresh")?,
                 token: fields.str("refresh", "token")?.to_owned(),
             },
-            other => {
+            _ => {
+                // Not UTF-8 is that error; otherwise a kind we do not know.
+                let other = fields.str("message", "type")?;
                 return Err(DecodeError::UnknownType {
                     kind: other.to_owned(),
                 });

@@ -374,6 +374,23 @@ impl<'a> Fields<'a> {
             .ok_or(DecodeError::MissingField { kind, field })
     }
 
+    /// A required string's bytes, not checked to be UTF-8: for a value
+    /// compared against known ASCII names (the `type` of a message), where
+    /// only a mismatch needs the full [`Fields::str`].
+    pub(crate) fn str_bytes(
+        &self,
+        kind: &'static str,
+        field: &'static str,
+    ) -> Result<&'a [u8], DecodeError> {
+        let Some(mut cursor) = self.present(field)? else {
+            return Err(DecodeError::MissingField { kind, field });
+        };
+        cursor.str_bytes()?.ok_or(DecodeError::WrongType {
+            field,
+            expected: "a string",
+        })
+    }
+
     pub(crate) fn opt_str(&self, field: &'static str) -> Result<Option<&'a str>, DecodeError> {
         let Some(mut cursor) = self.present(field)? else {
             return Ok(None);
