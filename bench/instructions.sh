@@ -11,8 +11,11 @@
 #     INSTR_TARGETS=sockeye INSTR_CASES="fanout-n1 fanout-n100 topics-p1000-s1 durable-k100" \
 #     bench/instructions.sh                                 # two builds of the broker
 #
-# Method: the target runs under callgrind from start to exit (every thread,
-# setup and shutdown included), twice per measurement, with a small and a
+# Method: the target runs under callgrind (`--fair-sched=yes`: valgrind's
+# default scheduler lets a thread spinning on a lock, such as sled's thread
+# pool starting up, keep the CPU for whole time slices, which made counts
+# vary by up to 20%) from start to exit (every thread, setup and shutdown
+# included), twice per measurement, with a small and a
 # large number of messages per publisher (`--max-messages`, a count, not a
 # time, bounds each run; the generator runs natively). The difference of the
 # two instruction totals divided by the difference of the deliveries (acks
