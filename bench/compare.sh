@@ -58,6 +58,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+SCRIPT_NAME=compare.sh
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 PROFILE=${BENCH_PROFILE:-full}
 case "$PROFILE" in
@@ -133,15 +136,8 @@ done
 TOKEN_MINTER=${BINARY_OF[${COLUMNS[0]}]:-$SOCKEYE}
 [[ -x "$TOKEN_MINTER" ]] || TOKEN_MINTER=$SOCKEYE
 
-if [[ " $TARGETS " == *" nats "* ]] && ! command -v nats-server >/dev/null; then
-  log "installing nats-server from Debian"
-  apt-get install -y nats-server || { apt-get update && apt-get install -y nats-server; }
-fi
-
-if [[ " $TARGETS " == *" cluster "* ]] && ! command -v redis-server >/dev/null; then
-  log "installing redis-server from Debian"
-  apt-get install -y redis-server || { apt-get update && apt-get install -y redis-server; }
-fi
+[[ " $TARGETS " != *" nats "* ]] || need_package nats-server nats-server
+[[ " $TARGETS " != *" cluster "* ]] || need_package redis-server redis-server
 
 WORK=$(mktemp -d /tmp/sockeye-compare.XXXXXX)
 # The target's processes: TARGET_PID is the one whose URL publishers use
@@ -199,20 +195,6 @@ url_of() {
   esac
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# wait_listening PORT PID LOG: until PORT accepts, or fail with the log.
-wait_listening() {
-  local port=$1 pid=$2 log_file=$3
-  for _ in $(seq 100); do
-    if port_open "$port"; then return 0; fi
-    if ! kill -0 "$pid" 2>/dev/null; then break; fi
-    sleep 0.2
-  done
-  echo "compare.sh: the process on port $port did not start; its log:" >&2
-  cat "$log_file" >&2
-  exit 1
-}
 
 # start_cluster LOG_PREFIX: Redis and three nodes; sets TARGET_PID (node 3)
 # and EXTRA_PIDS (nodes 1 and 2, Redis).
@@ -232,7 +214,7 @@ start_cluster() {
     >"$prefix-redis.log" 2>&1 &
   local redis_pid=$!
   EXTRA_PIDS=("$redis_pid")
-  wait_listening "$REDIS_PORT" "$redis_pid" "$prefix-redis.log"
+  wait_listening "$REDIS_PORT" "$redis_pid" "$prefix-redis.log" "redis-server"
   local node pids=()
   for node in 0 1 2; do
     RUST_LOG=warn SOCKEYE_ENGINE__REDIS__NODE_NAME="bench-$node" "${BINARY_OF[cluster]}" serve \
@@ -242,7 +224,7 @@ start_cluster() {
     EXTRA_PIDS+=($!)
   done
   for node in 0 1 2; do
-    wait_listening "${NODE_PORTS[$node]}" "${pids[$node]}" "$prefix-node-$node.log"
+    wait_listening "${NODE_PORTS[$node]}" "${pids[$node]}" "$prefix-node-$node.log" "cluster node $node"
   done
   TARGET_PID=${pids[2]}
   EXTRA_PIDS=("${pids[0]}" "${pids[1]}" "$redis_pid")
@@ -280,30 +262,12 @@ start_target() {
       ;;
   esac
   TARGET_PID=$!
-  for _ in $(seq 100); do
-    if port_open "$port"; then return 0; fi
-    if ! kill -0 "$TARGET_PID" 2>/dev/null; then break; fi
-    sleep 0.2
-  done
-  echo "compare.sh: $column did not start; its log:" >&2
-  cat "$log_file" >&2
-  exit 1
+  wait_listening "$port" "$TARGET_PID" "$log_file" "$column"
 }
 
 stop_target() {
   [[ -n "$TARGET_PID" ]] || return 0
-  local pid pids=("$TARGET_PID" "${EXTRA_PIDS[@]}")
-  for pid in "${pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.2
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  stop_pids 50 "$TARGET_PID" "${EXTRA_PIDS[@]}"
   TARGET_PID=""
   EXTRA_PIDS=()
   # A fresh store per run, and no disk filling up over a long run.

@@ -47,6 +47,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+SCRIPT_NAME=instructions.sh
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 BENCH=$ROOT/target/release/sockeye-bench
 CONFIG=$ROOT/bench/sockeye-bench.toml
@@ -77,9 +80,7 @@ for binary in "$BENCH" "${BINARY_OF[@]}"; do
     exit 2
   }
 done
-if ! command -v valgrind >/dev/null; then
-  apt-get install -y valgrind || { apt-get update && apt-get install -y valgrind; }
-fi
+need_package valgrind valgrind
 
 WORK=$(mktemp -d /tmp/sockeye-instructions.XXXXXX)
 KEEP=${INSTR_KEEP:-}
@@ -98,7 +99,6 @@ TOKEN_MINTER=${BINARY_OF[${COLUMNS[0]}]:-}
 [[ -n "$TOKEN_MINTER" ]] || TOKEN_MINTER=$ROOT/target/release/sockeye
 BENCH_TOKEN=$("$TOKEN_MINTER" token --config "$CONFIG" --data-dir "$WORK/token" --sub bench --ttl 24h)
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # start_target COLUMN OUT: the target under callgrind; sets TARGET_PID.
 start_target() {
@@ -119,25 +119,12 @@ start_target() {
       ;;
   esac
   TARGET_PID=$!
-  for _ in $(seq 600); do
-    if port_open "$PORT"; then return 0; fi
-    kill -0 "$TARGET_PID" 2>/dev/null || break
-    sleep 0.2
-  done
-  echo "instructions.sh: $column did not start; its log:" >&2
-  cat "$WORK/target.log" >&2
-  exit 1
+  wait_listening "$PORT" "$TARGET_PID" "$WORK/target.log" "$column" 600
 }
 
 # stop_target: SIGTERM, so the target shuts down and callgrind writes its file.
 stop_target() {
-  kill -TERM "$TARGET_PID" 2>/dev/null || true
-  for _ in $(seq 600); do
-    kill -0 "$TARGET_PID" 2>/dev/null || break
-    sleep 0.2
-  done
-  kill -KILL "$TARGET_PID" 2>/dev/null || true
-  wait "$TARGET_PID" 2>/dev/null || true
+  stop_pids 600 "$TARGET_PID"
   TARGET_PID=""
   rm -rf "$WORK/data"
 }
