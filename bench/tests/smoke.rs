@@ -597,54 +597,30 @@ fn a_bad_token_or_an_unsupported_scenario_fails_with_a_clear_message() {
     );
 
     let baseline = start_baseline();
-    let output = run_bench(
-        &[
-            "durable".into(),
-            "--target".into(),
-            "baseline".into(),
-            "--url".into(),
-            baseline.url.clone(),
-        ],
-        None,
-    );
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("only --target sockeye supports it"),
-        "{output:?}"
-    );
-    // The cluster scenario needs stored topics.
-    let output = run_bench(
-        &[
-            "cluster".into(),
-            "--target".into(),
-            "baseline".into(),
-            "--url".into(),
-            baseline.url.clone(),
-        ],
-        None,
-    );
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("only --target sockeye supports it"),
-        "{output:?}"
-    );
+    let url = baseline.url.as_str();
+    let on_baseline = ["--target", "baseline", "--url", url];
+    // Durable publish and the cluster scenario need stored topics.
+    for scenario in ["durable", "cluster"] {
+        assert_refused(
+            &[&[scenario][..], &on_baseline].concat(),
+            "only --target sockeye supports it",
+        );
+    }
     // Only scenarios that have subscribers take --subscriber-url.
-    let output = run_bench(
-        &[
-            "durable".into(),
-            "--target".into(),
-            "baseline".into(),
-            "--url".into(),
-            baseline.url.clone(),
-            "--subscriber-url".into(),
-            baseline.url.clone(),
-        ],
-        None,
+    assert_refused(
+        &[&["durable"][..], &on_baseline, &["--subscriber-url", url]].concat(),
+        "--subscriber-url is for fanout, topics and cluster, not for durable",
     );
+}
+
+/// Runs the generator without a token and checks it refuses with exit code
+/// 2 and `message` on stderr.
+fn assert_refused(args: &[&str], message: &str) {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    let output = run_bench(&args, None);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(
-        String::from_utf8_lossy(&output.stderr)
-            .contains("--subscriber-url is for fanout, topics and cluster, not for durable"),
+        String::from_utf8_lossy(&output.stderr).contains(message),
         "{output:?}"
     );
 }
