@@ -75,19 +75,7 @@ impl Latencies {
 
     /// Records one latency, in nanoseconds.
     pub(crate) fn record(&self, nanos: u64) {
-        SHARD.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            let shard = match slot.as_ref() {
-                Some((id, shard)) if *id == self.id => Arc::clone(shard),
-                _ => {
-                    let shard = Arc::new(Mutex::new(new_histogram()));
-                    lock(&self.shards).push(Arc::clone(&shard));
-                    *slot = Some((self.id, Arc::clone(&shard)));
-                    shard
-                }
-            };
-            lock(&shard).saturating_record(nanos.min(LATENCY_CEILING_NS));
-        });
+        self.record_all(&[nanos]);
     }
 
     /// Records many latencies, in nanoseconds, under one lock.

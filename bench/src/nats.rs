@@ -106,7 +106,7 @@ enum RawOp {
 /// Parses one operation at the start of `buf`: the operation and how many
 /// bytes it used, or `None` if `buf` ends before it does.
 fn parse(buf: &[u8]) -> Result<Option<(RawOp, usize)>, NatsProtocolError> {
-    let Some(line_end) = find_crlf(buf) else {
+    let Some(line_end) = memchr::memmem::find(buf, b"\r\n") else {
         if buf.len() > MAX_CONTROL_LINE {
             return Err(NatsProtocolError("control line too long".into()));
         }
@@ -151,18 +151,6 @@ fn parse(buf: &[u8]) -> Result<Option<(RawOp, usize)>, NatsProtocolError> {
         return Err(NatsProtocolError(format!("unknown operation {shown:?}")));
     };
     Ok(Some((op, after_line)))
-}
-
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(at) = memchr::memchr(b'\n', &buf[from..]) {
-        let newline = from + at;
-        if newline > 0 && buf[newline - 1] == b'\r' {
-            return Some(newline - 1);
-        }
-        from = newline + 1;
-    }
-    None
 }
 
 /// A decimal byte count.

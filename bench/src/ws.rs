@@ -128,8 +128,9 @@ pub(crate) struct WsStream {
     end: usize,
     /// Bytes the frame being parsed needs in all (header and payload).
     needed: usize,
-    /// A fragmented message: its opcode and the data so far.
-    partial: Option<(u8, Vec<u8>)>,
+    /// A fragmented message: the data so far (text and binary are both
+    /// handed on as bytes, so its opcode is not kept).
+    partial: Option<Vec<u8>>,
     /// The last message reassembled from fragments.
     assembled: Vec<u8>,
     /// Outgoing bytes; `out[written..]` is not written yet.
@@ -167,7 +168,7 @@ impl WsStream {
 
         let mut head = Vec::with_capacity(1024);
         let head_end = loop {
-            if let Some(at) = find(&head, b"\r\n\r\n") {
+            if let Some(at) = memchr::memmem::find(&head, b"\r\n\r\n") {
                 break at + 4;
             }
             if head.len() >= MAX_RESPONSE_HEAD {
@@ -348,10 +349,10 @@ impl WsStream {
                         // The range stays valid: the buffer moves only in fill().
                         return Ok(Some(Located::Buffer(payload)));
                     }
-                    self.partial = Some((opcode, self.buf[payload].to_vec()));
+                    self.partial = Some(self.buf[payload].to_vec());
                 }
                 OP_CONTINUATION => {
-                    let Some((_, data)) = self.partial.as_mut() else {
+                    let Some(data) = self.partial.as_mut() else {
                         return Err(protocol("a continuation frame without a message"));
                     };
                     if data.len() + length > self.config.max_message {
@@ -359,8 +360,7 @@ impl WsStream {
                     }
                     data.extend_from_slice(&self.buf[payload]);
                     if fin {
-                        let (_, data) = self.partial.take().expect("checked above");
-                        self.assembled = data;
+                        self.assembled = self.partial.take().expect("checked above");
                         return Ok(Some(Located::Assembled));
                     }
                 }
@@ -512,12 +512,6 @@ fn apply_mask(data: &mut [u8], key: [u8; 4]) {
     for (index, byte) in chunks.into_remainder().iter_mut().enumerate() {
         *byte ^= key[index % 4];
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
 }
 
 #[cfg(test)]

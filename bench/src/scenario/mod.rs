@@ -72,21 +72,9 @@ impl RunContext {
             .run_id
             .clone()
             .unwrap_or_else(|| started_at_ms.to_string());
-        let valid = !run_id.is_empty()
-            && run_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid {
-            bail!("--run-id {run_id:?}: use only letters, digits, '_' and '-'");
-        }
+        check_file_name_part("--run-id", &run_id)?;
         if let Some(variant) = &args.variant {
-            let valid = !variant.is_empty()
-                && variant
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !valid {
-                bail!("--variant {variant:?}: use only letters, digits, '_' and '-'");
-            }
+            check_file_name_part("--variant", variant)?;
         }
         Ok(Self {
             dialer: Arc::new(dialer),
@@ -299,6 +287,19 @@ pub(crate) fn payload_template(size: usize) -> Vec<u8> {
     }
     data.truncate(size);
     data
+}
+
+/// `--run-id` and `--variant` become parts of report file names: letters,
+/// digits, '_' and '-' only.
+fn check_file_name_part(flag: &str, value: &str) -> anyhow::Result<()> {
+    let valid = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        bail!("{flag} {value:?}: use only letters, digits, '_' and '-'");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
