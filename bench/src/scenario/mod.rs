@@ -140,7 +140,7 @@ impl RunContext {
             also: self
                 .also_pids
                 .iter()
-                .filter_map(|pid| metrics::try_sample(Some(*pid)))
+                .map(|pid| metrics::try_sample(Some(*pid)))
                 .collect(),
             generator: metrics::try_sample(Some(std::process::id())),
         }
@@ -151,8 +151,9 @@ impl RunContext {
 #[derive(Debug, Clone)]
 pub(crate) struct Measurement {
     broker: Option<(u32, ProcessSample)>,
-    /// The target's other processes (`--also-pid`).
-    also: Vec<(u32, ProcessSample)>,
+    /// The target's other processes (`--also-pid`); `None` if one could
+    /// not be sampled, which leaves the target's total unknown.
+    also: Option<Vec<(u32, ProcessSample)>>,
     generator: Option<(u32, ProcessSample)>,
 }
 
@@ -163,18 +164,28 @@ impl Measurement {
     }
 
     /// Usage of the broker (with its other processes added) and of the
-    /// generator from the start until now.
+    /// generator from the start until now. The broker's is `None` (shown as
+    /// unknown, not under-counted) if any of its processes could not be
+    /// sampled at the start or now.
     pub(crate) fn finish(&self) -> (Option<ProcessUsage>, Option<ProcessUsage>) {
         let until_now = |start: Option<(u32, ProcessSample)>| {
             let (pid, first) = start?;
             let (_, now) = metrics::try_sample(Some(pid))?;
             Some(first.usage_until(pid, &now))
         };
-        let broker = until_now(self.broker).map(|mut usage| {
-            for other in self.also.iter().filter_map(|start| until_now(Some(*start))) {
+        let broker = until_now(self.broker).and_then(|mut usage| {
+            let Some(also) = &self.also else {
+                tracing::warn!("an --also-pid could not be sampled at the start: the target's CPU and memory are unknown");
+                return None;
+            };
+            for start in also {
+                let Some(other) = until_now(Some(*start)) else {
+                    tracing::warn!(pid = start.0, "an --also-pid could not be sampled at the end: the target's CPU and memory are unknown");
+                    return None;
+                };
                 usage.add(&other);
             }
-            usage
+            Some(usage)
         });
         (broker, until_now(self.generator))
     }
