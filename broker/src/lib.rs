@@ -52,7 +52,8 @@ pub mod tls;
 /// A map keyed by topic name, hashed with foldhash: the hub's and the sled
 /// engine's registries are looked up on every publish, and SipHash was a
 /// visible share of a delivery's cost (docs/benchmarks.md). Seeded per
-/// process; the number of topics is bounded by `store.max_topics`.
+/// process. The sled registry holds at most `store.max_topics` stored
+/// topics; the hub's registry holds the topics with local subscribers.
 type TopicMap<V> =
     std::collections::HashMap<sockeye_protocol::TopicName, V, foldhash::fast::RandomState>;
 /// A set of topic names, hashed like [`TopicMap`].

@@ -187,8 +187,8 @@ fn deflate_unguarded(body: &[u8], level: u32) -> Option<Vec<u8>> {
             return None;
         }
         // The frame may wait in outbound queues, whose byte budget
-        // counts its length: give back the worst-case room (glibc
-        // shrinks in place).
+        // counts its length: give back the worst-case room, so what a
+        // queued frame holds stays close to what the budget counts.
         out.shrink_to_fit();
         Some(out)
     })

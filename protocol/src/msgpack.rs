@@ -309,7 +309,8 @@ impl<'a> Fields<'a> {
                 expected: "a map of at most 64 fields",
             });
         }
-        let mut entries = SmallVec::with_capacity(len as usize);
+        let mut entries: SmallVec<[(&[u8], Range<usize>); INLINE_FIELDS]> =
+            SmallVec::with_capacity(len as usize);
         for _ in 0..len {
             let key_offset = cursor.position();
             let key = cursor
@@ -322,10 +323,7 @@ impl<'a> Fields<'a> {
             }
             let start = cursor.position();
             cursor.skip_value()?;
-            if entries
-                .iter()
-                .any(|(existing, _): &(&[u8], Range<usize>)| *existing == key)
-            {
+            if entries.iter().any(|(existing, _)| *existing == key) {
                 return Err(DecodeError::DuplicateField {
                     field: String::from_utf8_lossy(key).into_owned(),
                 });

@@ -360,7 +360,7 @@ impl SledEngine {
     /// The hub has local subscribers to `topic` from now on: remember it
     /// if it is ephemeral (rules do not change while the broker runs).
     pub(crate) fn watch(&self, topic: &TopicName) {
-        // The set's lock is a leaf: this may run under the hub's locks.
+        // The set's lock is a leaf: nothing else is locked while it is held.
         if self.retention_for(topic).is_none() {
             self.watched_ephemeral_write().insert(topic.clone());
         }
