@@ -89,6 +89,32 @@ impl<'a> Cursor<'a> {
     /// allocated. Each step consumes at least one byte, so the loop is bounded
     /// by the input length.
     pub(crate) fn skip_value(&mut self) -> Result<(), DecodeError> {
+        // Most values of our messages are scalars, strings and short
+        // binaries: skipped here without the general loop and its marker
+        // table. Each arm does what the loop's arm for the marker does, so
+        // errors are the same.
+        if let Some(&first) = self.buf.get(self.pos) {
+            let skip = match first {
+                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Some(0),
+                0xa0..=0xbf => Some(usize::from(first & 0x1f)),
+                0xcc | 0xd0 => Some(1),
+                0xcd | 0xd1 => Some(2),
+                0xce | 0xd2 | 0xca => Some(4),
+                0xcf | 0xd3 | 0xcb => Some(8),
+                _ => None,
+            };
+            if let Some(skip) = skip {
+                self.pos += 1;
+                self.take(skip)?;
+                return Ok(());
+            }
+            if matches!(first, 0xc4 | 0xd9) {
+                self.pos += 1;
+                let len = usize::from(self.u8()?);
+                self.take(len)?;
+                return Ok(());
+            }
+        }
         let mut pending: u64 = 1;
         while pending > 0 {
             pending -= 1;
@@ -274,14 +300,60 @@ impl<'a> Cursor<'a> {
 #[derive(Debug)]
 pub(crate) struct Fields<'a> {
     body: &'a [u8],
-    /// Each key's bytes (valid UTF-8, checked by `parse_at`) and its
-    /// value's range: lookups compare bytes, as every field name we ask
-    /// for is ASCII.
-    entries: SmallVec<[(&'a [u8], Range<usize>); INLINE_FIELDS]>,
+    /// The value ranges of the [`SLOTTED`] names, by slot; valid where
+    /// `filled` has the slot's bit. Every request and delivery is made of
+    /// these names, so parsing files a key with one `match` and a lookup is
+    /// an index, where a search compared each key with each name asked for.
+    slots: [Range<usize>; SLOTTED.len()],
+    filled: u16,
+    /// Every other key's bytes (valid UTF-8, checked by `parse_at`) and its
+    /// value's range, in map order.
+    others: SmallVec<[(&'a [u8], Range<usize>); INLINE_OTHERS]>,
 }
 
-/// Fields kept without a heap allocation: more than any request has.
-const INLINE_FIELDS: usize = 8;
+/// The field names with a slot in [`Fields`]: those of the messages sent
+/// most (requests, `message`, `published`, `position`).
+const SLOTTED: [&str; 13] = [
+    "type",
+    "id",
+    "topic",
+    "payload",
+    "ack",
+    "epoch",
+    "offset",
+    "ts",
+    "publisher",
+    "position",
+    "kind",
+    "count",
+    "token",
+];
+
+/// The slot of a [`SLOTTED`] name. Always inlined: a lookup asks for a
+/// constant name, whose slot is then a constant too.
+#[inline(always)]
+fn slot_of(name: &[u8]) -> Option<usize> {
+    Some(match name {
+        b"type" => 0,
+        b"id" => 1,
+        b"topic" => 2,
+        b"payload" => 3,
+        b"ack" => 4,
+        b"epoch" => 5,
+        b"offset" => 6,
+        b"ts" => 7,
+        b"publisher" => 8,
+        b"position" => 9,
+        b"kind" => 10,
+        b"count" => 11,
+        b"token" => 12,
+        _ => return None,
+    })
+}
+
+/// Other fields kept without a heap allocation. Few messages have any (a
+/// `welcome`, a `subscribed`), and a small [`Fields`] is cheap to return.
+const INLINE_OTHERS: usize = 2;
 
 /// Maps that hold more entries than this are not one of our messages; the cap
 /// keeps the field list small without trusting the declared length.
@@ -309,53 +381,74 @@ impl<'a> Fields<'a> {
                 expected: "a map of at most 64 fields",
             });
         }
-        let mut entries: SmallVec<[(&[u8], Range<usize>); INLINE_FIELDS]> =
-            SmallVec::with_capacity(len as usize);
+        let mut fields = Self {
+            body: cursor.buf,
+            slots: Default::default(),
+            filled: 0,
+            others: SmallVec::new(),
+        };
         for _ in 0..len {
             let key_offset = cursor.position();
             let key = cursor
                 .str_bytes()?
                 .ok_or(DecodeError::KeyNotString { offset: key_offset })?;
-            // Keys are nearly always ASCII, which is UTF-8: the full check
-            // (a call per key) only for the others.
-            if !key.is_ascii() && std::str::from_utf8(key).is_err() {
+            let slot = slot_of(key);
+            // A slotted name is ASCII, which is UTF-8; other keys are nearly
+            // always ASCII too: the full check (a call) only for the rest.
+            if slot.is_none() && !key.is_ascii() && std::str::from_utf8(key).is_err() {
                 return Err(DecodeError::InvalidUtf8 { offset: key_offset });
             }
             let start = cursor.position();
             cursor.skip_value()?;
-            if entries.iter().any(|(existing, _)| *existing == key) {
+            let range = start..cursor.position();
+            let duplicate = match slot {
+                Some(slot) => {
+                    let bit = 1 << slot;
+                    let seen = fields.filled & bit != 0;
+                    fields.filled |= bit;
+                    fields.slots[slot] = range;
+                    seen
+                }
+                None => {
+                    let seen = fields.others.iter().any(|(existing, _)| *existing == key);
+                    fields.others.push((key, range));
+                    seen
+                }
+            };
+            if duplicate {
                 return Err(DecodeError::DuplicateField {
                     field: String::from_utf8_lossy(key).into_owned(),
                 });
             }
-            entries.push((key, start..cursor.position()));
         }
-        Ok(Self {
-            body: cursor.buf,
-            entries,
-        })
-    }
-
-    fn value(&self, field: &str) -> Option<Cursor<'a>> {
-        self.entries
-            .iter()
-            .find(|(key, _)| *key == field.as_bytes())
-            .map(|(_, range)| Cursor {
-                buf: &self.body[..range.end],
-                pos: range.start,
-            })
+        Ok(fields)
     }
 
     /// The byte range of a field's value, if present.
+    #[inline(always)]
     pub(crate) fn range(&self, field: &str) -> Option<Range<usize>> {
-        self.entries
-            .iter()
-            .find(|(key, _)| *key == field.as_bytes())
-            .map(|(_, range)| range.clone())
+        match slot_of(field.as_bytes()) {
+            Some(slot) if self.filled & (1 << slot) != 0 => Some(self.slots[slot].clone()),
+            Some(_) => None,
+            None => self
+                .others
+                .iter()
+                .find(|(key, _)| *key == field.as_bytes())
+                .map(|(_, range)| range.clone()),
+        }
+    }
+
+    #[inline(always)]
+    fn value(&self, field: &str) -> Option<Cursor<'a>> {
+        self.range(field).map(|range| Cursor {
+            buf: &self.body[..range.end],
+            pos: range.start,
+        })
     }
 
     /// The field's value, or `None` if it is missing or nil (optional fields
     /// may be either).
+    #[inline(always)]
     fn present(&self, field: &str) -> Result<Option<Cursor<'a>>, DecodeError> {
         match self.value(field) {
             Some(cursor) if !cursor.is_nil()? => Ok(Some(cursor)),
@@ -363,6 +456,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn str(
         &self,
         kind: &'static str,
@@ -375,6 +469,7 @@ impl<'a> Fields<'a> {
     /// A required string's bytes, not checked to be UTF-8: for a value
     /// compared against known ASCII names (the `type` of a message), where
     /// only a mismatch needs the full [`Fields::str`].
+    #[inline]
     pub(crate) fn str_bytes(
         &self,
         kind: &'static str,
@@ -389,6 +484,7 @@ impl<'a> Fields<'a> {
         })
     }
 
+    #[inline]
     pub(crate) fn opt_str(&self, field: &'static str) -> Result<Option<&'a str>, DecodeError> {
         let Some(mut cursor) = self.present(field)? else {
             return Ok(None);
@@ -399,11 +495,13 @@ impl<'a> Fields<'a> {
         })
     }
 
+    #[inline]
     pub(crate) fn uint(&self, kind: &'static str, field: &'static str) -> Result<u64, DecodeError> {
         self.opt_uint(field)?
             .ok_or(DecodeError::MissingField { kind, field })
     }
 
+    #[inline]
     pub(crate) fn opt_uint(&self, field: &'static str) -> Result<Option<u64>, DecodeError> {
         let Some(mut cursor) = self.present(field)? else {
             return Ok(None);
@@ -414,6 +512,7 @@ impl<'a> Fields<'a> {
         })
     }
 
+    #[inline]
     pub(crate) fn opt_bool(&self, field: &'static str) -> Result<Option<bool>, DecodeError> {
         let Some(mut cursor) = self.present(field)? else {
             return Ok(None);
@@ -449,4 +548,62 @@ pub(crate) fn validate_single_value(bytes: &[u8]) -> Result<(), DecodeError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_slotted_name_has_its_own_slot() {
+        for (slot, name) in SLOTTED.iter().enumerate() {
+            assert_eq!(slot_of(name.as_bytes()), Some(slot), "{name}");
+        }
+        assert_eq!(slot_of(b"types"), None);
+        assert_eq!(slot_of(b""), None);
+    }
+
+    /// The fast path of `skip_value` against the general loop, for every
+    /// first byte and a few continuations (whole, cut short, empty).
+    #[test]
+    fn skipping_matches_the_general_loop_for_every_marker() {
+        fn general(cursor: &mut Cursor<'_>) -> Result<(), DecodeError> {
+            // The loop alone: a container marker first sends the value
+            // through it, so wrap the value in a one-element array.
+            let mut wrapped = vec![0x91];
+            wrapped.extend_from_slice(&cursor.buf[cursor.pos..]);
+            let mut inner = Cursor::new(&wrapped);
+            let result = inner.skip_value();
+            cursor.pos += inner.pos.saturating_sub(1);
+            result.map_err(|error| match error {
+                DecodeError::Truncated { offset, needed } => DecodeError::Truncated {
+                    offset: offset - 1,
+                    needed,
+                },
+                DecodeError::InvalidMarker { marker, offset } => DecodeError::InvalidMarker {
+                    marker,
+                    offset: offset - 1,
+                },
+                other => other,
+            })
+        }
+        for first in 0..=u8::MAX {
+            for tail in [&[][..], &[3, 1, 2, 3, 4, 5, 6, 7, 8, 9][..], &[200][..]] {
+                let mut input = vec![first];
+                input.extend_from_slice(tail);
+                let mut fast = Cursor::new(&input);
+                let mut slow = Cursor::new(&input);
+                let fast_result = fast.skip_value();
+                let slow_result = general(&mut slow);
+                assert_eq!(
+                    format!("{fast_result:?}"),
+                    format!("{slow_result:?}"),
+                    "first byte {first:#04x}, tail {tail:?}"
+                );
+                if fast_result.is_ok() {
+                    assert_eq!(fast.pos, slow.pos, "first byte {first:#04x}, tail {tail:?}");
+                }
+            }
+        }
+    }
 }
