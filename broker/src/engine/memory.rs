@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use sockeye_protocol::{Compression, FIRST_OFFSET, Payload, StreamPosition, TopicName};
 use tokio::sync::watch;
@@ -101,7 +100,7 @@ impl MemoryEngine {
         let frame = body.seal(&self.compression);
         if !self.drop_deliveries.load(Ordering::Acquire) {
             self.hub
-                .deliver(topic, Some(position), &frame, Instant::now());
+                .deliver(topic, Some(position), &frame, crate::hub::Accepted::now());
         }
         Ok(Published {
             position: Some(position),

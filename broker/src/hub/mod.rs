@@ -164,6 +164,27 @@ pub(crate) struct LocalTopicInfo {
     pub(crate) publish_rate: u64,
 }
 
+/// When the broker accepted a publish, read once by the engine: the
+/// monotonic instant for the fan-out latency histogram, the wall clock
+/// (unix milliseconds) for an ephemeral topic's last publish and rate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Accepted {
+    /// For measuring the time to fan-out.
+    pub(crate) at: Instant,
+    /// The same moment as unix milliseconds.
+    pub(crate) unix_ms: u64,
+}
+
+impl Accepted {
+    /// Now.
+    pub(crate) fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            unix_ms: crate::engine::now_ms(),
+        }
+    }
+}
+
 /// The hub of one node.
 #[derive(Debug)]
 pub(crate) struct Hub {
@@ -233,14 +254,13 @@ impl Hub {
 
     /// A message of `topic` from the engine: at `position` for a stored
     /// topic, `None` for an ephemeral one. See the module docs for the
-    /// rules. `accepted` is when the broker accepted the publish (for the
-    /// fan-out latency histogram).
+    /// rules. `accepted` is when the broker accepted the publish.
     pub(crate) fn deliver(
         self: &Arc<Self>,
         topic: &TopicName,
         position: Option<StreamPosition>,
         frame: &Bytes,
-        accepted: Instant,
+        accepted: Accepted,
     ) {
         let entry = self.registry_read().get(topic).cloned();
         let mut delivered = 0;
@@ -249,9 +269,8 @@ impl Hub {
             match (position, state.stream) {
                 (None, _) | (Some(_), None) => {
                     state.published += 1;
-                    let now = crate::engine::now_ms();
-                    state.last_publish_ms = now;
-                    state.rate.record(now);
+                    state.last_publish_ms = accepted.unix_ms;
+                    state.rate.record(accepted.unix_ms);
                     delivered += self.fan_out(&entry, &mut state, frame, None);
                 }
                 (Some(position), Some(expected)) => {
@@ -278,7 +297,7 @@ impl Hub {
         delivered += self.deliver_to_wildcards(topic, frame);
         if delivered > 0 {
             Stats::add(&self.stats.deliveries, delivered);
-            self.stats.fanout_latency.observe(accepted.elapsed());
+            self.stats.fanout_latency.observe(accepted.at.elapsed());
         }
     }
 

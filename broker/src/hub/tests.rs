@@ -151,7 +151,7 @@ async fn a_duplicate_delivery_is_dropped() {
             offset: 1,
         }),
         &frame,
-        Instant::now(),
+        crate::hub::Accepted::now(),
     );
     seam.publish(&topic, 2);
     assert_eq!(next_delivery(&mut inbox).await, (1, 1));

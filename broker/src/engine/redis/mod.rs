@@ -965,7 +965,7 @@ impl RedisEngine {
                 frame.body_mut().extend_from_slice(parsed.body);
                 let frame = frame.seal(&self.compression);
                 self.hub
-                    .deliver(&topic, position, &frame, std::time::Instant::now());
+                    .deliver(&topic, position, &frame, crate::hub::Accepted::now());
             }
         }
     }

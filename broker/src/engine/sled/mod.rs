@@ -31,7 +31,6 @@ mod trimmer;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
 
 use bytes::Bytes;
 use sockeye_protocol::{Compression, OffsetRange, Payload, StreamPosition, TopicName};
@@ -43,7 +42,7 @@ use super::{
     WriteError,
 };
 use crate::config::{Config, DamagePolicy, Durability, RetentionRule};
-use crate::hub::{Hub, RateWindow};
+use crate::hub::{Accepted, Hub, RateWindow};
 use crate::stats::Stats;
 use crate::{TopicMap, TopicSet};
 use heads::HeadRecord;
@@ -99,7 +98,7 @@ struct PendingMessage {
     write: u64,
     offset: u64,
     frame: Bytes,
-    accepted: Instant,
+    accepted: Accepted,
 }
 
 impl Topic {
@@ -425,8 +424,8 @@ impl SledEngine {
         payload: &Payload,
         publisher: &str,
     ) -> Result<Published, WriteError> {
-        let accepted = Instant::now();
-        let timestamp_ms = now_ms();
+        let accepted = Accepted::now();
+        let timestamp_ms = accepted.unix_ms;
         let Some(entry) = self.entry(topic, true)? else {
             count_published(&self.stats, payload);
             let frame =
