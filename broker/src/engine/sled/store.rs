@@ -66,11 +66,12 @@ use std::time::Duration;
 
 use rand::Rng;
 use sockeye_protocol::OffsetRange;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::config::{Durability, StoreConfig};
 use crate::stats::{BATCH_BOUNDS, Histogram, LATENCY_BOUNDS};
 
+use super::flusher::FlushSignal;
 use super::heads::{HeadRecord, HeadsJournal, JournalError, JournaledEpoch};
 
 /// Largest epoch value: epochs stay below 2^53.
@@ -411,8 +412,9 @@ pub(crate) struct Store {
     flushed_bytes: AtomicU64,
     /// How far flushes got.
     durable: watch::Sender<DurableMark>,
-    /// Wakes the flusher when an acknowledgement or a release is waiting.
-    flush_requested: Notify,
+    /// Wakes the flusher thread when an acknowledgement or a release is
+    /// waiting, and tells it to stop.
+    pub(super) flush_signal: FlushSignal,
     /// Blob files already fsynced (sled writes large pages as separate files).
     synced_blobs: Mutex<HashSet<PathBuf>>,
     /// The heads journal (`None` for temporary stores).
@@ -536,7 +538,7 @@ impl Store {
             written_bytes: AtomicU64::new(0),
             flushed_bytes: AtomicU64::new(0),
             durable: watch::Sender::new(DurableMark::default()),
-            flush_requested: Notify::new(),
+            flush_signal: FlushSignal::default(),
             synced_blobs: Mutex::new(HashSet::new()),
             journal: Mutex::new(None),
             failing: AtomicBool::new(false),
@@ -937,12 +939,7 @@ impl Store {
 
     /// Asks the flusher to flush soon (an acknowledgement is waiting).
     pub(crate) fn request_flush(&self) {
-        self.flush_requested.notify_one();
-    }
-
-    /// Resolves when a flush was requested.
-    pub(crate) async fn flush_requested(&self) {
-        self.flush_requested.notified().await;
+        self.flush_signal.request();
     }
 
     /// A receiver of the durable mark.
