@@ -452,6 +452,9 @@ impl Session {
             .delivered
             .fetch_add(frames, Ordering::Relaxed);
         self.socket.flush().await?;
+        if let Some(inbox) = self.inbox.as_mut() {
+            inbox.written();
+        }
         Ok(None)
     }
 

@@ -120,6 +120,7 @@ impl Peer {
                 frames: inbox,
                 bytes: Arc::clone(&bytes),
                 budget: self.queue_bytes,
+                taken: 0,
             });
             Outbox {
                 frames,
@@ -267,26 +268,45 @@ impl Outbox {
 }
 
 /// The receiving half of an outbound queue, owned by the session.
+///
+/// A frame taken out keeps its bytes of the budget until the session has
+/// written the batch it belongs to ([`written`](Self::written)), so the
+/// budget bounds what is queued plus what is being written, and the
+/// semaphore (whose `add_permits` takes a lock) is touched once per batch
+/// rather than once per frame.
 #[derive(Debug)]
 pub(crate) struct Inbox {
     frames: mpsc::Receiver<Bytes>,
     bytes: Arc<Semaphore>,
     budget: u32,
+    /// Budget held by frames taken out and not yet reported written.
+    taken: usize,
 }
 
 impl Inbox {
     /// The next frame, waiting for one; `None` once every sender is gone.
+    /// Frames taken before count as written: the session writes each batch
+    /// before it waits for the next.
     pub(crate) async fn recv(&mut self) -> Option<Bytes> {
+        self.written();
         let frame = self.frames.recv().await?;
-        self.bytes.add_permits(cost(&frame, self.budget) as usize);
+        self.taken += cost(&frame, self.budget) as usize;
         Some(frame)
     }
 
     /// The next frame if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<Bytes> {
         let frame = self.frames.try_recv().ok()?;
-        self.bytes.add_permits(cost(&frame, self.budget) as usize);
+        self.taken += cost(&frame, self.budget) as usize;
         Some(frame)
+    }
+
+    /// The frames taken so far are written: their bytes go back to the
+    /// budget.
+    pub(crate) fn written(&mut self) {
+        if self.taken > 0 {
+            self.bytes.add_permits(std::mem::take(&mut self.taken));
+        }
     }
 }
 
