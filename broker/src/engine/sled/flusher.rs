@@ -410,3 +410,79 @@ fn head_record(entry: &Topic, epoch: u64, head: u64) -> HeadRecord {
         topic: entry.name.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    /// Starts a thread that registers itself as the flusher and reports
+    /// what each of `rounds` waits returned.
+    fn waiting_thread(
+        signal: &Arc<FlushSignal>,
+        rounds: usize,
+    ) -> (std::sync::mpsc::Receiver<bool>, std::thread::JoinHandle<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread_signal = Arc::clone(signal);
+        let handle = std::thread::spawn(move || {
+            thread_signal
+                .flusher
+                .set(std::thread::current())
+                .expect("the first flusher");
+            ready_tx.send(()).expect("the test waits");
+            for _ in 0..rounds {
+                let stopped = thread_signal.wait_for_round(Instant::now() + LONG);
+                tx.send(stopped).expect("the test waits");
+            }
+        });
+        ready_rx.recv().expect("the thread starts");
+        (rx, handle)
+    }
+
+    #[test]
+    fn a_request_wakes_the_flusher_and_a_stop_ends_it() {
+        let signal = Arc::new(FlushSignal::default());
+        let (woke, handle) = waiting_thread(&signal, 2);
+        signal.request();
+        assert_eq!(
+            woke.recv_timeout(Duration::from_secs(10)),
+            Ok(false),
+            "a request starts a round, long before the deadline"
+        );
+        signal.stop();
+        assert_eq!(
+            woke.recv_timeout(Duration::from_secs(10)),
+            Ok(true),
+            "a stop ends the wait and says so"
+        );
+        handle.join().expect("the thread ends");
+    }
+
+    #[test]
+    fn a_request_made_before_the_wait_is_not_lost() {
+        let signal = Arc::new(FlushSignal::default());
+        signal.request();
+        // Asking again while a round is pending changes nothing.
+        signal.request();
+        let (woke, handle) = waiting_thread(&signal, 1);
+        assert_eq!(woke.recv_timeout(Duration::from_secs(10)), Ok(false));
+        handle.join().expect("the thread ends");
+        assert!(
+            !signal.requested.load(Ordering::Acquire),
+            "the round took the request"
+        );
+    }
+
+    #[test]
+    fn the_wait_ends_at_its_deadline_without_a_request() {
+        let signal = FlushSignal::default();
+        let started = Instant::now();
+        assert!(!signal.wait_for_round(started + Duration::from_millis(20)));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert!(!signal.sleep(Duration::from_millis(5)), "not stopped");
+        signal.stop();
+        assert!(signal.sleep(LONG), "a stopped signal does not sleep");
+    }
+}
