@@ -270,10 +270,11 @@ impl Outbox {
 /// The receiving half of an outbound queue, owned by the session.
 ///
 /// A frame taken out keeps its bytes of the budget until the session has
-/// written the batch it belongs to ([`written`](Self::written)), so the
-/// budget bounds what is queued plus what is being written, and the
-/// semaphore (whose `add_permits` takes a lock) is touched once per batch
-/// rather than once per frame.
+/// written and flushed the batch it was in and says so
+/// ([`written`](Self::written)). So the budget bounds what is queued plus
+/// what is being written, and the semaphore (whose `add_permits` takes a
+/// lock) is touched once per batch rather than once per frame. A session
+/// that ends mid-batch drops the inbox, which closes the budget anyway.
 #[derive(Debug)]
 pub(crate) struct Inbox {
     frames: mpsc::Receiver<Bytes>,
@@ -285,10 +286,7 @@ pub(crate) struct Inbox {
 
 impl Inbox {
     /// The next frame, waiting for one; `None` once every sender is gone.
-    /// Frames taken before count as written: the session writes each batch
-    /// before it waits for the next.
     pub(crate) async fn recv(&mut self) -> Option<Bytes> {
-        self.written();
         let frame = self.frames.recv().await?;
         self.taken += cost(&frame, self.budget) as usize;
         Some(frame)

@@ -83,11 +83,22 @@ impl FlushSignal {
     /// Blocks the flusher thread until a round is requested, `deadline`
     /// passes or the broker stops; true when it stops.
     fn wait_for_round(&self, deadline: Instant) -> bool {
+        self.park_until(deadline, true)
+    }
+
+    /// Sleeps for `wait` unless the broker stops first; true when it stops.
+    fn sleep(&self, wait: Duration) -> bool {
+        self.park_until(Instant::now() + wait, false)
+    }
+
+    /// Parks until `deadline`, a stop, or (if `for_round`) a request, which
+    /// it takes; true when the broker stops.
+    fn park_until(&self, deadline: Instant, for_round: bool) -> bool {
         loop {
             if self.stopping() {
                 return true;
             }
-            if self.requested.swap(false, Ordering::AcqRel) {
+            if for_round && self.requested.swap(false, Ordering::AcqRel) {
                 return false;
             }
             let now = Instant::now();
@@ -96,21 +107,6 @@ impl FlushSignal {
             }
             // An unpark that comes before this park makes it return at once,
             // so a request between the check above and here is not missed.
-            std::thread::park_timeout(deadline - now);
-        }
-    }
-
-    /// Sleeps for `wait` unless the broker stops first; true when it stops.
-    fn sleep(&self, wait: Duration) -> bool {
-        let deadline = Instant::now() + wait;
-        loop {
-            if self.stopping() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
             std::thread::park_timeout(deadline - now);
         }
     }
