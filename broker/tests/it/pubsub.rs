@@ -1,7 +1,9 @@
 //! Subscribing, publishing, permissions and fan-out.
 
 use sockeye_broker::Claims;
+use sockeye_broker::Stats;
 use sockeye_broker::auth::unix_now;
+use sockeye_broker::config::RetentionRule;
 use sockeye_protocol::frame::FLAG_DEFLATE;
 use sockeye_protocol::{ClientMessage, Compression, ErrorCode, Payload, ServerMessage, frame};
 
@@ -325,4 +327,36 @@ async fn ephemeral_topics_deliver_live_without_offsets_or_positions() {
         })
         .await;
     assert_eq!(error_code(&reply), ErrorCode::PositionUnsupported);
+}
+
+/// The outbound byte budget comes back once each batch is written: a
+/// subscriber that keeps up gets many times its budget without ever
+/// counting as slow.
+#[tokio::test]
+async fn a_subscriber_that_keeps_up_gets_many_times_its_byte_budget() {
+    let broker = TestBroker::start_with(|config| {
+        config.limits.outbound_queue_bytes = bytesize::ByteSize::kib(1);
+        config.retention = vec![RetentionRule {
+            pattern: ">".into(),
+            store: false,
+            ..RetentionRule::default()
+        }];
+    })
+    .await;
+    let mut subscriber = broker.client("reader").await;
+    subscriber.subscribe("budget", None).await;
+    let mut publisher = broker.client("writer").await;
+    // 300 deliveries of over 200 bytes: about 60 times the 1 KiB budget.
+    let payload = [7u8; 200];
+    for n in 0..300u64 {
+        let mut data = n.to_be_bytes().to_vec();
+        data.extend_from_slice(&payload);
+        publisher.publish("budget", Payload::binary(&data)).await;
+        let delivery = subscriber.delivery().await;
+        let bytes = delivery.payload.as_binary().expect("a binary payload");
+        assert_eq!(&bytes[..8], &n.to_be_bytes(), "delivery {n} in order");
+    }
+    let stats = broker.broker.stats();
+    assert_eq!(Stats::get(&stats.slow_consumer_disconnects), 0);
+    assert_eq!(Stats::get(&stats.slow_consumer_catch_ups), 0);
 }
